@@ -1,0 +1,1 @@
+//! Userspace NVMe host driver over a vfio-user client (tests, perf, identify).

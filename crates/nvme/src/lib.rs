@@ -1,0 +1,1 @@
+//! NVMe 2.0 controller emulation over an emulated PCI endpoint.

@@ -1,0 +1,1 @@
+//! vfio-user client library: for VMMs, test tools and the perf client.

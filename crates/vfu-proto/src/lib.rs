@@ -1,0 +1,1 @@
+//! vfio-user wire protocol: message types, validation, framing with fd passing.

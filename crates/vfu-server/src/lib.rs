@@ -1,0 +1,1 @@
+//! vfio-user server library: endpoint, session state machine, device API.
