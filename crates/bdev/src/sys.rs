@@ -1,0 +1,292 @@
+//! The only place where guest memory (raw iovecs) and raw RAM-disk memory are touched.
+//!
+//! Guest memory may change under us at any time (another vCPU), so no `&[u8]` or
+//! `&mut [u8]` is ever formed over it: data moves with raw-pointer copies
+//! (`ptr::copy_nonoverlapping`, i.e. `memcpy`, the same primitive `vm-memory` uses for
+//! bulk volatile copies) and comparisons read through volatile byte/word loads.
+//!
+//! Every function takes validated lengths: callers checked (in `validate`) that the iovecs'
+//! total length equals the request length and that the device range is inside the device.
+//! The functions re-check what they index so that a bug elsewhere cannot turn into an
+//! out-of-bounds access.
+
+use std::ptr::NonNull;
+
+use crate::{IoVec, IoVecs};
+
+/// Copy `src` into the iovecs, starting `skip` bytes into the iovec list. Returns bytes
+/// copied (stops at the end of the iovecs).
+pub fn copy_to_iovecs(iov: &IoVecs, skip: usize, src: &[u8]) -> usize {
+    let mut done = 0usize;
+    for_each_chunk(iov, skip, src.len(), |v_ptr, src_off, n| {
+        if let Some(s) = src.get(src_off..src_off.saturating_add(n)) {
+            // SAFETY: `v_ptr..v_ptr+n` lies inside one iovec (for_each_chunk clips to the
+            // iovec's length), which `IoVec::from_raw`'s contract keeps mapped and writable
+            // until the request completes; `s` is a distinct Rust-owned buffer (never guest
+            // memory), so the ranges cannot overlap.
+            unsafe { std::ptr::copy_nonoverlapping(s.as_ptr(), v_ptr, n) };
+            done = done.saturating_add(n);
+        }
+    });
+    done
+}
+
+/// Copy from the iovecs (starting `skip` bytes in) into `dst`. Returns bytes copied.
+pub fn copy_from_iovecs(iov: &IoVecs, skip: usize, dst: &mut [u8]) -> usize {
+    let mut done = 0usize;
+    let want = dst.len();
+    for_each_chunk(iov, skip, want, |v_ptr, dst_off, n| {
+        if let Some(d) = dst.get_mut(dst_off..dst_off.saturating_add(n)) {
+            // SAFETY: the source lies inside one live iovec (see `copy_to_iovecs`); `d` is
+            // a Rust-owned buffer of exactly `n` bytes that cannot alias guest memory.
+            unsafe { std::ptr::copy_nonoverlapping(v_ptr.cast_const(), d.as_mut_ptr(), n) };
+            done = done.saturating_add(n);
+        }
+    });
+    done
+}
+
+/// Whether the iovec data (from `skip`) equals `data`. Reads guest bytes with volatile
+/// loads so a concurrently changing guest buffer gives some answer, never UB.
+pub fn iovecs_equal(iov: &IoVecs, skip: usize, data: &[u8]) -> bool {
+    let mut equal = true;
+    let mut seen = 0usize;
+    for_each_chunk(iov, skip, data.len(), |v_ptr, off, n| {
+        seen = seen.saturating_add(n);
+        if !equal {
+            return;
+        }
+        for i in 0..n {
+            // SAFETY: `i < n` and `v_ptr..v_ptr+n` is inside one live iovec.
+            let g = unsafe { std::ptr::read_volatile(v_ptr.add(i)) };
+            if data.get(off.saturating_add(i)) != Some(&g) {
+                equal = false;
+                return;
+            }
+        }
+    });
+    equal && seen == data.len()
+}
+
+/// Walk the iovecs from byte `skip`, for at most `len` bytes, calling
+/// `f(ptr_in_iovec, offset_in_walk, n)` per contiguous piece.
+fn for_each_chunk(iov: &IoVecs, skip: usize, len: usize, mut f: impl FnMut(*mut u8, usize, usize)) {
+    let mut skip = skip;
+    let mut off = 0usize;
+    for v in iov.iter() {
+        if off >= len {
+            break;
+        }
+        if skip >= v.len() {
+            skip -= v.len();
+            continue;
+        }
+        let avail = v.len() - skip;
+        let n = avail.min(len - off);
+        // `skip < v.len()` so the pointer stays inside the iovec (wrapping_add: no UB
+        // even if it did not; it is only dereferenced by callers for `n` bytes).
+        f(v.base().wrapping_add(skip), off, n);
+        off += n;
+        skip = 0;
+    }
+}
+
+/// An anonymous private memory mapping used as RAM-disk storage (`bdev_malloc`).
+///
+/// Shared by all channels of a bdev; concurrent I/O to overlapping ranges is a guest
+/// error whose result is unspecified data (like a real disk), so the memory is accessed
+/// only through raw-pointer copies, never through references.
+pub struct RawBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: RawBuf owns its mapping; all access goes through raw-pointer copies inside this
+// module with bounds checks, so sharing the pointer between threads cannot create
+// aliasing references.
+unsafe impl Send for RawBuf {}
+// SAFETY: see `Send`.
+unsafe impl Sync for RawBuf {}
+
+impl RawBuf {
+    /// Map `len` zeroed bytes (lazily backed by the kernel).
+    pub fn new(len: usize) -> std::io::Result<Self> {
+        if len == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+        }
+        // SAFETY: a fresh anonymous private mapping at a kernel-chosen address cannot
+        // overlap any existing Rust object.
+        let p = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::NORESERVE,
+            )
+        }
+        .map_err(std::io::Error::from)?;
+        let ptr = NonNull::new(p.cast::<u8>())
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::OutOfMemory))?;
+        Ok(RawBuf { ptr, len })
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the buffer is empty (never: `new` refuses 0).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn range(&self, off: u64, n: usize) -> Option<*mut u8> {
+        let off = usize::try_from(off).ok()?;
+        let end = off.checked_add(n)?;
+        if end > self.len {
+            return None;
+        }
+        // SAFETY: `off <= end <= len`, so the result is inside (or one past) the mapping.
+        Some(unsafe { self.ptr.as_ptr().add(off) })
+    }
+
+    /// Copy `len` bytes at `off` into the iovecs. `false` if out of range.
+    pub fn read_to_iovecs(&self, off: u64, len: usize, iov: &IoVecs) -> bool {
+        let Some(base) = self.range(off, len) else {
+            return false;
+        };
+        let mut ok = true;
+        for_each_chunk(iov, 0, len, |v_ptr, o, n| {
+            if o.checked_add(n).is_none_or(|e| e > len) {
+                ok = false;
+                return;
+            }
+            // SAFETY: `o + n <= len` and `base..base+len` is inside the mapping (checked by
+            // `range`); the destination is inside one live iovec. Guest memory and our
+            // private mapping never overlap.
+            unsafe { std::ptr::copy_nonoverlapping(base.add(o).cast_const(), v_ptr, n) };
+        });
+        ok
+    }
+
+    /// Copy `len` bytes from the iovecs to `off`. `false` if out of range.
+    pub fn write_from_iovecs(&self, off: u64, len: usize, iov: &IoVecs) -> bool {
+        let Some(base) = self.range(off, len) else {
+            return false;
+        };
+        let mut ok = true;
+        for_each_chunk(iov, 0, len, |v_ptr, o, n| {
+            if o.checked_add(n).is_none_or(|e| e > len) {
+                ok = false;
+                return;
+            }
+            // SAFETY: as in `read_to_iovecs`, with the direction reversed.
+            unsafe { std::ptr::copy_nonoverlapping(v_ptr.cast_const(), base.add(o), n) };
+        });
+        ok
+    }
+
+    /// Zero `len` bytes at `off`. `false` if out of range.
+    pub fn zero(&self, off: u64, len: usize) -> bool {
+        let Some(base) = self.range(off, len) else {
+            return false;
+        };
+        // SAFETY: `base..base+len` is inside the mapping (checked by `range`).
+        unsafe { std::ptr::write_bytes(base, 0, len) };
+        true
+    }
+
+    /// Compare `len` bytes at `off` with the iovecs. `None` if out of range.
+    pub fn compare_iovecs(&self, off: u64, len: usize, iov: &IoVecs) -> Option<bool> {
+        let base = self.range(off, len)?;
+        let mut equal = true;
+        for_each_chunk(iov, 0, len, |v_ptr, o, n| {
+            if !equal || o.checked_add(n).is_none_or(|e| e > len) {
+                equal = false;
+                return;
+            }
+            for i in 0..n {
+                // SAFETY: `o + i < len` inside our mapping; `i < n` inside one live iovec.
+                let (a, b) = unsafe {
+                    (
+                        std::ptr::read_volatile(base.add(o + i)),
+                        std::ptr::read_volatile(v_ptr.add(i)),
+                    )
+                };
+                if a != b {
+                    equal = false;
+                    return;
+                }
+            }
+        });
+        Some(equal)
+    }
+}
+
+impl Drop for RawBuf {
+    fn drop(&mut self) {
+        // SAFETY: `ptr/len` is exactly the mapping created in `new`, unmapped once here;
+        // no reference into it can outlive `self` (none is ever created).
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Build an iovec over a Rust buffer (tests, benchmarks, bounce buffers).
+///
+/// The returned iovec must not outlive `buf`, and `buf` must not be accessed through
+/// Rust references while a request using it is in flight.
+pub fn iovec_of(buf: &mut [u8]) -> IoVec {
+    // SAFETY: `buf` is valid for its length; the documented usage rule makes the caller
+    // keep it alive and unaliased while in flight.
+    unsafe { IoVec::from_raw(buf.as_mut_ptr(), buf.len()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split_iov(a: &mut [u8], b: &mut [u8]) -> IoVecs {
+        let mut v = IoVecs::new();
+        v.push(iovec_of(a));
+        v.push(iovec_of(b));
+        v
+    }
+
+    #[test]
+    fn copies_across_iovecs() {
+        let mut a = vec![0u8; 3];
+        let mut b = vec![0u8; 5];
+        let iov = split_iov(&mut a, &mut b);
+        let n = copy_to_iovecs(&iov, 1, &[1, 2, 3, 4, 5]);
+        assert_eq!(n, 5);
+        let mut back = [0u8; 7];
+        assert_eq!(copy_from_iovecs(&iov, 0, &mut back), 7);
+        assert_eq!(back, [0, 1, 2, 3, 4, 5, 0]);
+        assert!(iovecs_equal(&iov, 1, &[1, 2, 3, 4, 5]));
+        assert!(!iovecs_equal(&iov, 1, &[1, 2, 3, 9, 5]));
+        // Longer than the iovecs: not equal.
+        assert!(!iovecs_equal(&iov, 0, &[0u8; 9]));
+        drop(iov);
+        assert_eq!(a, [0, 1, 2]);
+    }
+
+    #[test]
+    fn rawbuf_bounds() {
+        let rb = RawBuf::new(4096).unwrap();
+        let mut a = vec![7u8; 512];
+        let iov = IoVecs::one(iovec_of(&mut a));
+        assert!(rb.write_from_iovecs(512, 512, &iov));
+        assert_eq!(rb.compare_iovecs(512, 512, &iov), Some(true));
+        assert_eq!(rb.compare_iovecs(0, 512, &iov), Some(false));
+        assert!(!rb.write_from_iovecs(3800, 512, &iov));
+        assert!(!rb.zero(u64::MAX, 1));
+        assert_eq!(rb.compare_iovecs(4096, 1, &iov), None);
+        assert!(rb.zero(512, 512));
+        let mut out = vec![1u8; 512];
+        let iov2 = IoVecs::one(iovec_of(&mut out));
+        assert!(rb.read_to_iovecs(512, 512, &iov2));
+        drop(iov2);
+        assert!(out.iter().all(|&x| x == 0));
+        assert!(RawBuf::new(0).is_err());
+    }
+}
