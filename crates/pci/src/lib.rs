@@ -1,1 +1,21 @@
-//! Generic emulated PCI(e) endpoint on top of vfu-server: config space, capabilities, MSI-X, BARs.
+//! Generic emulated PCI(e) endpoint on top of vfu-server: config space, capabilities, MSI-X,
+//! BARs.
+//!
+//! * [`PciConfig`] describes a function (ids, class, BARs, MSI-X, INTx, PM/PCIe caps).
+//! * [`ConfigSpace`] is the 4 KiB config space with per-byte writable and W1C masks, the
+//!   PM -> PCIe -> MSI-X chain at SPDK's offsets and the BAR sizing protocol.
+//! * [`MsixTable`] serves the MSI-X table and PBA BARs.
+//! * [`InterruptSink`] is the lock-free handle poll threads raise interrupts with.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod irq;
+pub(crate) mod msix;
+pub mod space;
+
+pub use config::{
+    BarConfig, BarRole, BarSpec, ConfigError, IntxPin, MsixConfig, MsixLayout, PciConfig,
+    PciConfigBuilder,
+};
+pub use irq::{FireOutcome, InterruptSink, IrqSignal};
+pub use space::{ConfigSpace, WriteEffects};
