@@ -33,10 +33,10 @@ use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
-// pub mod error_inject;
-// pub mod file;
+pub mod error_inject;
+pub mod file;
 pub mod layered;
-// pub mod malloc;
+pub mod malloc;
 // pub mod nbd;
 pub mod null;
 pub mod qos;
@@ -45,10 +45,10 @@ pub mod stats;
 pub mod sys;
 mod validate;
 
-// pub use error_inject::{ErrorInjectBdev, InjectOpType};
-// pub use file::{FileBdev, FileEngine, FileOptions};
+pub use error_inject::{ErrorInjectBdev, InjectOpType};
+pub use file::{FileBdev, FileEngine, FileOptions};
 pub use layered::Layered;
-// pub use malloc::MallocBdev;
+pub use malloc::MallocBdev;
 // pub use nbd::{NbdBdev, NbdOptions};
 pub use null::NullBdev;
 pub use qos::QosLimits;
@@ -224,11 +224,23 @@ impl IoVec {
 pub const IOVECS_INLINE: usize = 4;
 
 /// The iovec list of one request: up to [`IOVECS_INLINE`] inline, more on the heap.
-#[derive(Clone, Default)]
+/// Always contiguous (`as_slice`), so it can be handed to `preadv`/io_uring as is.
+#[derive(Clone)]
 pub struct IoVecs {
-    inline: [Option<IoVec>; IOVECS_INLINE],
+    inline: [IoVec; IOVECS_INLINE],
     n_inline: usize,
     spill: Vec<IoVec>,
+}
+
+const EMPTY_IOVEC: IoVec = IoVec {
+    base: std::ptr::null_mut(),
+    len: 0,
+};
+
+impl Default for IoVecs {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl fmt::Debug for IoVecs {
@@ -241,7 +253,7 @@ impl IoVecs {
     /// An empty list.
     pub const fn new() -> Self {
         IoVecs {
-            inline: [None; IOVECS_INLINE],
+            inline: [EMPTY_IOVEC; IOVECS_INLINE],
             n_inline: 0,
             spill: Vec::new(),
         }
@@ -256,17 +268,15 @@ impl IoVecs {
 
     /// Append an iovec (allocates only past [`IOVECS_INLINE`] entries).
     pub fn push(&mut self, v: IoVec) {
-        if self.spill.is_empty() && self.n_inline < IOVECS_INLINE {
+        if self.spill.is_empty() {
             if let Some(slot) = self.inline.get_mut(self.n_inline) {
-                *slot = Some(v);
+                *slot = v;
                 self.n_inline += 1;
                 return;
             }
-        }
-        if self.spill.is_empty() {
             self.spill.reserve(IOVECS_INLINE * 2);
             self.spill
-                .extend(self.inline.iter().take(self.n_inline).flatten());
+                .extend_from_slice(self.inline.get(..self.n_inline).unwrap_or(&[]));
         }
         self.spill.push(v);
     }
@@ -277,13 +287,18 @@ impl IoVecs {
         self.spill.clear();
     }
 
+    /// The iovecs as one contiguous array (layout of `struct iovec`).
+    pub fn as_slice(&self) -> &[IoVec] {
+        if self.spill.is_empty() {
+            self.inline.get(..self.n_inline).unwrap_or(&[])
+        } else {
+            &self.spill
+        }
+    }
+
     /// Number of iovecs.
     pub fn len(&self) -> usize {
-        if self.spill.is_empty() {
-            self.n_inline
-        } else {
-            self.spill.len()
-        }
+        self.as_slice().len()
     }
 
     /// Whether there is no iovec.
@@ -292,13 +307,8 @@ impl IoVecs {
     }
 
     /// Iterate the iovecs in order.
-    pub fn iter(&self) -> impl Iterator<Item = &IoVec> + '_ {
-        let (a, b) = if self.spill.is_empty() {
-            (Some(self.inline.iter().take(self.n_inline).flatten()), None)
-        } else {
-            (None, Some(self.spill.iter()))
-        };
-        a.into_iter().flatten().chain(b.into_iter().flatten())
+    pub fn iter(&self) -> std::slice::Iter<'_, IoVec> {
+        self.as_slice().iter()
     }
 
     /// Total bytes, `None` on overflow.
@@ -307,15 +317,11 @@ impl IoVecs {
             .try_fold(0u64, |acc, v| acc.checked_add(u64::try_from(v.len).ok()?))
     }
 
-    /// Contiguous `struct iovec`-compatible array (moves inline entries to the heap once
-    /// if needed; the returned pointer stays valid until the next mutation).
-    pub fn as_contiguous(&mut self) -> &[IoVec] {
-        if self.spill.is_empty() && self.n_inline > 0 {
-            let n = self.n_inline;
-            self.spill.reserve(n);
-            self.spill.extend(self.inline.iter().take(n).flatten());
-        }
-        &self.spill
+    /// Whether every base address and length is a multiple of `align` (a power of two).
+    pub fn is_aligned(&self, align: usize) -> bool {
+        let m = align.saturating_sub(1);
+        self.iter()
+            .all(|v| (v.base as usize) & m == 0 && v.len & m == 0)
     }
 }
 

@@ -231,6 +231,85 @@ impl Drop for RawBuf {
     }
 }
 
+/// `preadv2`/`pwritev2` of the whole iovec list at `offset` on `fd` (thread-pool engine).
+/// Loops over short transfers; returns the first error's errno, or `EIO` when the file
+/// ended early.
+pub fn rw_iovecs(
+    fd: std::os::fd::BorrowedFd<'_>,
+    iov: &IoVecs,
+    offset: u64,
+    write: bool,
+    flags: i32,
+) -> Result<(), i32> {
+    use std::os::fd::AsRawFd;
+    let total = iov.total_len().ok_or(libc::EINVAL)?;
+    let mut done: u64 = 0;
+    let vs = iov.as_slice();
+    // Index of the first not-fully-transferred iovec and bytes already done in it.
+    let (mut idx, mut in_first) = (0usize, 0usize);
+    let mut scratch: Vec<IoVec> = Vec::new();
+    while done < total {
+        let rest = vs.get(idx..).ok_or(libc::EINVAL)?;
+        let ptr: *const IoVec = if in_first == 0 {
+            rest.as_ptr()
+        } else {
+            scratch.clear();
+            scratch.extend_from_slice(rest);
+            if let Some(f) = scratch.first_mut() {
+                // Advance the first iovec past the bytes already transferred; in_first is
+                // smaller than its length (maintained below).
+                *f = IoVec {
+                    base: f.base.wrapping_add(in_first),
+                    len: f.len - in_first,
+                };
+            }
+            scratch.as_ptr()
+        };
+        let cnt = i32::try_from(rest.len().min(1024)).map_err(|_| libc::EINVAL)?;
+        let off = i64::try_from(offset.checked_add(done).ok_or(libc::EINVAL)?)
+            .map_err(|_| libc::EINVAL)?;
+        // SAFETY: `ptr` points to `cnt` initialized `IoVec`s (layout-identical to
+        // `struct iovec`, `#[repr(C)]`) that live until the call returns (`vs` or
+        // `scratch`). Each names guest/buffer memory that `IoVec::from_raw`'s contract keeps
+        // mapped while the request is in flight; the kernel validates the addresses itself.
+        let r = unsafe {
+            if write {
+                libc::pwritev2(fd.as_raw_fd(), ptr.cast(), cnt, off, flags)
+            } else {
+                libc::preadv2(fd.as_raw_fd(), ptr.cast(), cnt, off, flags)
+            }
+        };
+        if r < 0 {
+            let e = std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO);
+            if e == libc::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        if r == 0 {
+            return Err(libc::EIO);
+        }
+        let mut n = usize::try_from(r).map_err(|_| libc::EIO)?;
+        done = done.saturating_add(n as u64);
+        // Advance (idx, in_first) by n bytes.
+        while n > 0 {
+            let Some(v) = vs.get(idx) else { break };
+            let left = v.len - in_first;
+            if n >= left {
+                n -= left;
+                idx += 1;
+                in_first = 0;
+            } else {
+                in_first += n;
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Build an iovec over a Rust buffer (tests, benchmarks, bounce buffers).
 ///
 /// The returned iovec must not outlive `buf`, and `buf` must not be accessed through

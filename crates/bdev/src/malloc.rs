@@ -1,0 +1,188 @@
+//! `bdev_malloc`: a RAM disk kept for the process lifetime. Supports unmap (reads back
+//! zeroes), write zeroes and compare. I/O completes on the next `poll` (the copy happens
+//! in `submit`, bounded by `max_io_bytes`).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::sys::RawBuf;
+use crate::{
+    validate, Bdev, BdevCaps, BdevError, BdevInfo, IoChannel, IoCompletion, IoError, IoOp,
+    IoRequest, RejectReason, Rejected,
+};
+
+/// Per-channel queue depth of the malloc bdev.
+pub const MALLOC_QUEUE_DEPTH: u32 = 1024;
+/// Largest single request (bounds the time one `submit` spends copying).
+pub const MALLOC_MAX_IO: u64 = 4 << 20;
+
+/// A RAM-backed block device.
+pub struct MallocBdev {
+    info: BdevInfo,
+    buf: Arc<RawBuf>,
+}
+
+/// Bytes the kernel reports as available (`MemAvailable`), if readable.
+pub fn mem_available() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kb.checked_mul(1024)
+}
+
+impl MallocBdev {
+    /// A RAM disk of `num_blocks` x `block_size` bytes (block size a multiple of 512, at
+    /// most 64 KiB). Fails when the size exceeds the memory the kernel reports available.
+    pub fn new(
+        name: &str,
+        block_size: u32,
+        num_blocks: u64,
+        uuid: Option<uuid::Uuid>,
+    ) -> Result<Self, BdevError> {
+        if name.is_empty() {
+            return Err(BdevError::InvalidParam("name must not be empty".into()));
+        }
+        if block_size < 512 || block_size % 512 != 0 || block_size > 65536 {
+            return Err(BdevError::InvalidParam(format!(
+                "block_size {block_size} must be a multiple of 512 between 512 and 65536"
+            )));
+        }
+        let size = num_blocks
+            .checked_mul(u64::from(block_size))
+            .filter(|s| *s > 0)
+            .ok_or_else(|| {
+                BdevError::InvalidParam(format!("num_blocks {num_blocks} gives an invalid size"))
+            })?;
+        if let Some(avail) = mem_available() {
+            if size > avail {
+                return Err(BdevError::NoMemory {
+                    requested: size,
+                    available: avail,
+                });
+            }
+        }
+        let len = usize::try_from(size).map_err(|_| BdevError::NoMemory {
+            requested: size,
+            available: usize::MAX as u64,
+        })?;
+        let buf = RawBuf::new(len).map_err(|e| BdevError::io("mmap RAM disk", e))?;
+        Ok(MallocBdev {
+            info: BdevInfo {
+                name: name.to_owned(),
+                product_name: "Malloc disk".into(),
+                block_size,
+                num_blocks,
+                uuid: uuid.unwrap_or_else(uuid::Uuid::new_v4),
+                caps: BdevCaps {
+                    read: true,
+                    write: true,
+                    flush: true,
+                    unmap: true,
+                    write_zeroes: true,
+                    compare: true,
+                    fua: true,
+                },
+                volatile_write_cache: false,
+                max_queue_depth: MALLOC_QUEUE_DEPTH,
+                required_alignment: 1,
+                max_io_bytes: MALLOC_MAX_IO,
+                read_only: false,
+            },
+            buf: Arc::new(buf),
+        })
+    }
+}
+
+impl Bdev for MallocBdev {
+    fn info(&self) -> &BdevInfo {
+        &self.info
+    }
+
+    fn open_channel(&self) -> Result<Box<dyn IoChannel>, BdevError> {
+        Ok(Box::new(MallocChannel {
+            info: self.info.clone(),
+            buf: Arc::clone(&self.buf),
+            done: VecDeque::with_capacity(self.info.max_queue_depth as usize),
+        }))
+    }
+}
+
+struct MallocChannel {
+    info: BdevInfo,
+    buf: Arc<RawBuf>,
+    done: VecDeque<IoCompletion>,
+}
+
+impl MallocChannel {
+    fn execute(&self, io: &IoRequest) -> Result<(), IoError> {
+        validate::check(&self.info, io)?;
+        let len = usize::try_from(io.len).map_err(|_| IoError::Invalid)?;
+        let ok = match io.op {
+            IoOp::Flush => true,
+            IoOp::Read => self.buf.read_to_iovecs(io.offset, len, &io.iov),
+            IoOp::Write { .. } => self.buf.write_from_iovecs(io.offset, len, &io.iov),
+            IoOp::WriteZeroes | IoOp::Unmap => self.buf.zero(io.offset, len),
+            IoOp::Compare => {
+                return match self.buf.compare_iovecs(io.offset, len, &io.iov) {
+                    Some(true) => Ok(()),
+                    Some(false) => Err(IoError::CompareMismatch),
+                    None => Err(IoError::OutOfRange),
+                }
+            }
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(IoError::OutOfRange)
+        }
+    }
+}
+
+impl IoChannel for MallocChannel {
+    fn submit(&mut self, io: IoRequest) -> Result<(), Rejected> {
+        if self.done.len() >= self.info.max_queue_depth as usize {
+            return Err(Rejected {
+                io,
+                reason: RejectReason::QueueFull,
+            });
+        }
+        let result = self.execute(&io);
+        // The copy is done: the guest memory (keepalive) is no longer needed.
+        drop(io.keepalive);
+        self.done.push_back(IoCompletion {
+            tag: io.tag,
+            result,
+        });
+        Ok(())
+    }
+
+    fn poll(&mut self, done: &mut dyn FnMut(IoCompletion)) -> usize {
+        let n = self.done.len();
+        for c in self.done.drain(..) {
+            done(c);
+        }
+        n
+    }
+
+    fn in_flight(&self) -> usize {
+        self.done.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_params() {
+        assert!(matches!(
+            MallocBdev::new("m", 520, 8, None),
+            Err(BdevError::InvalidParam(_))
+        ));
+        assert!(MallocBdev::new("m", 512, 0, None).is_err());
+        assert!(matches!(
+            MallocBdev::new("m", 4096, 1 << 50, None),
+            Err(BdevError::NoMemory { .. })
+        ));
+    }
+}

@@ -1,0 +1,87 @@
+//! Data-integrity tests for the local backends (malloc, file with both engines, buffered
+//! and O_DIRECT, error wrapper pass-through).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use std::sync::Arc;
+
+use sluice_bdev::{
+    layered::Layered, Bdev, ErrorInjectBdev, FileBdev, FileEngine, FileOptions, MallocBdev,
+};
+
+fn file_bdev(
+    engine: FileEngine,
+    direct: bool,
+    size: u64,
+) -> (tempfile::NamedTempFile, Arc<dyn Bdev>) {
+    let f = tempfile::NamedTempFile::new_in(std::env::temp_dir()).unwrap();
+    f.as_file().set_len(size).unwrap();
+    let mut o = FileOptions::new("f0", f.path());
+    o.engine = engine;
+    o.direct = direct;
+    let b = FileBdev::open(&o).unwrap();
+    assert_eq!(
+        b.engine(),
+        if engine == FileEngine::ThreadPool {
+            FileEngine::ThreadPool
+        } else {
+            FileEngine::Uring
+        }
+    );
+    (f, Layered::wrap(Arc::new(b)))
+}
+
+#[test]
+fn malloc_integrity() {
+    let b = Layered::wrap(Arc::new(MallocBdev::new("m0", 512, 16384, None).unwrap()));
+    common::integrity(b.as_ref(), 8 << 20, 200, 1);
+    let b4k = Layered::wrap(Arc::new(MallocBdev::new("m1", 4096, 2048, None).unwrap()));
+    common::integrity(b4k.as_ref(), 8 << 20, 100, 2);
+}
+
+#[test]
+fn file_uring_direct_integrity() {
+    let (_f, b) = file_bdev(FileEngine::Uring, true, 16 << 20);
+    common::integrity(b.as_ref(), 8 << 20, 200, 3);
+}
+
+#[test]
+fn file_uring_buffered_integrity() {
+    let (_f, b) = file_bdev(FileEngine::Auto, false, 16 << 20);
+    common::integrity(b.as_ref(), 8 << 20, 120, 4);
+}
+
+#[test]
+fn file_pool_integrity() {
+    let (_f, b) = file_bdev(FileEngine::ThreadPool, true, 16 << 20);
+    common::integrity(b.as_ref(), 8 << 20, 150, 5);
+}
+
+#[test]
+fn error_wrapper_passes_through() {
+    let inner: Arc<dyn Bdev> = Arc::new(MallocBdev::new("m2", 512, 8192, None).unwrap());
+    let e = Layered::wrap(Arc::new(ErrorInjectBdev::new("EE_m2", inner)));
+    common::integrity(e.as_ref(), 4 << 20, 60, 6);
+}
+
+#[test]
+fn file_open_errors_are_clear() {
+    let e = FileBdev::open(&FileOptions::new("x", "/nonexistent/disk.img")).unwrap_err();
+    assert!(e.to_string().contains("/nonexistent/disk.img"), "{e}");
+    let f = tempfile::NamedTempFile::new().unwrap();
+    f.as_file().set_len(100).unwrap();
+    let e = FileBdev::open(&FileOptions::new("x", f.path())).unwrap_err();
+    assert!(e.to_string().contains("smaller than one"), "{e}");
+    f.as_file().set_len(1 << 20).unwrap();
+    let mut o = FileOptions::new("x", f.path());
+    o.block_size = Some(1000);
+    assert!(FileBdev::open(&o).is_err());
+    let e = FileBdev::open(&FileOptions::new("x", "/dev")).unwrap_err();
+    assert!(e.to_string().contains("neither"), "{e}");
+}
