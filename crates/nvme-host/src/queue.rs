@@ -1,0 +1,494 @@
+//! Submission/completion queue pairs: SQE writes, doorbells (mmapped page, trapped region
+//! writes, or shadow doorbells with EventIdx), phase-bit polling, command ids.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vm_memory::{Bytes, MmapRegion, VolatileMemory};
+
+use crate::cmd::{Command, Completion};
+use crate::dma::{DmaArena, DmaBuf, PAGE_SIZE};
+use crate::error::{Error, TransportError};
+use crate::prp::{plan_prp, plan_sgl, prp_entries, PrpPlan, SglPlan};
+use crate::transport::{Transport, BAR0_REGION};
+
+/// A transport shared between the admin path and trapped doorbells.
+pub type SharedTransport = Arc<Mutex<Box<dyn Transport>>>;
+
+/// Offset of the first doorbell in BAR0.
+pub const DOORBELL_BASE: u64 = 0x1000;
+
+#[derive(Clone)]
+enum DoorbellPage {
+    Mapped {
+        map: Arc<MmapRegion>,
+        /// BAR0 offset of the first mapped byte.
+        start: u64,
+    },
+    Trapped(SharedTransport),
+}
+
+/// Where doorbell writes go: the shared doorbell page or trapped REGION_WRITEs.
+#[derive(Clone)]
+pub struct Doorbells {
+    page: DoorbellPage,
+    stride: u64,
+}
+
+impl std::fmt::Debug for Doorbells {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Doorbells")
+            .field("mapped", &self.is_mapped())
+            .field("stride", &self.stride)
+            .finish()
+    }
+}
+
+impl Doorbells {
+    /// Doorbells through REGION_WRITE.
+    pub fn trapped(transport: SharedTransport, dstrd: u8) -> Self {
+        Self {
+            page: DoorbellPage::Trapped(transport),
+            stride: 4u64 << dstrd,
+        }
+    }
+
+    /// Doorbells in an mmapped part of BAR0 starting at BAR0 offset `start`.
+    pub fn mapped(map: Arc<MmapRegion>, start: u64, dstrd: u8) -> Self {
+        Self {
+            page: DoorbellPage::Mapped { map, start },
+            stride: 4u64 << dstrd,
+        }
+    }
+
+    /// Whether doorbell writes go to shared memory.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.page, DoorbellPage::Mapped { .. })
+    }
+
+    /// Byte offset of a doorbell relative to [`DOORBELL_BASE`].
+    pub fn index_offset(&self, qid: u16, cq: bool) -> u64 {
+        (2 * u64::from(qid) + u64::from(cq)) * self.stride
+    }
+
+    /// Writes `value` to the SQ tail (`cq == false`) or CQ head doorbell of `qid`.
+    pub fn write(&self, qid: u16, cq: bool, value: u32) -> Result<(), Error> {
+        let off = DOORBELL_BASE + self.index_offset(qid, cq);
+        match &self.page {
+            DoorbellPage::Mapped { map, start } => {
+                let rel = off
+                    .checked_sub(*start)
+                    .and_then(|r| usize::try_from(r).ok())
+                    .ok_or(Error::InvalidArgument("doorbell outside the mapped area"))?;
+                map.as_volatile_slice()
+                    .store(value, rel, Ordering::Release)
+                    .map_err(|_| Error::InvalidArgument("doorbell outside the mapped area"))
+            }
+            DoorbellPage::Trapped(t) => {
+                let mut t = t.lock().map_err(|_| {
+                    Error::Transport(TransportError::Unsupported("transport lock poisoned"))
+                })?;
+                t.region_write(BAR0_REGION, off, &value.to_le_bytes())?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Shadow doorbell and EventIdx buffers (Doorbell Buffer Config).
+#[derive(Clone, Debug)]
+pub struct Shadow {
+    /// IOVA of the shadow doorbell page.
+    pub shadow: u64,
+    /// IOVA of the EventIdx page.
+    pub eventidx: u64,
+}
+
+/// Whether a doorbell write is needed given the EventIdx (NVMe spec / virtio rule).
+pub fn need_event(event_idx: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event_idx).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
+/// How a command's data buffer is described.
+#[derive(Clone, Copy, Debug)]
+pub enum DataPtr {
+    /// No data.
+    None,
+    /// A contiguous buffer described with PRPs (lists built in the command's list page).
+    Prp {
+        /// First byte (dword aligned, may be inside a page).
+        iova: u64,
+        /// Bytes.
+        len: u64,
+    },
+    /// A contiguous buffer described with one SGL data block descriptor.
+    Sgl {
+        /// First byte.
+        iova: u64,
+        /// Bytes.
+        len: u32,
+    },
+}
+
+/// One submission/completion queue pair (qid 0 is the admin pair).
+pub struct QueuePair {
+    qid: u16,
+    depth: u16,
+    sq: DmaBuf,
+    cq: DmaBuf,
+    sq_tail: u16,
+    sq_head: u16,
+    cq_head: u16,
+    phase: bool,
+    free_cids: Vec<u16>,
+    list_pages: Vec<Option<DmaBuf>>,
+    arena: Arc<DmaArena>,
+    db: Doorbells,
+    shadow: Option<Shadow>,
+    pending: VecDeque<Completion>,
+    vector: Option<u16>,
+}
+
+impl std::fmt::Debug for QueuePair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueuePair")
+            .field("qid", &self.qid)
+            .field("depth", &self.depth)
+            .field("sq_tail", &self.sq_tail)
+            .field("cq_head", &self.cq_head)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QueuePair {
+    /// Allocates queue memory for a pair of `depth` entries.
+    pub fn new(
+        qid: u16,
+        depth: u16,
+        arena: &Arc<DmaArena>,
+        db: Doorbells,
+        vector: Option<u16>,
+    ) -> Result<Self, Error> {
+        if depth < 2 {
+            return Err(Error::InvalidArgument("queue depth must be at least 2"));
+        }
+        let sq = arena.alloc(u64::from(depth) * 64)?;
+        let cq = arena.alloc(u64::from(depth) * 16)?;
+        // One command slot is lost to the full/empty rule.
+        let usable = depth - 1;
+        Ok(Self {
+            qid,
+            depth,
+            sq,
+            cq,
+            sq_tail: 0,
+            sq_head: 0,
+            cq_head: 0,
+            phase: true,
+            free_cids: (0..usable).rev().collect(),
+            list_pages: (0..usable).map(|_| None).collect(),
+            arena: arena.clone(),
+            db,
+            shadow: None,
+            pending: VecDeque::new(),
+            vector,
+        })
+    }
+
+    /// Queue id.
+    pub fn qid(&self) -> u16 {
+        self.qid
+    }
+
+    /// Number of entries.
+    pub fn depth(&self) -> u16 {
+        self.depth
+    }
+
+    /// IOVA of the submission queue.
+    pub fn sq_iova(&self) -> u64 {
+        self.sq.iova()
+    }
+
+    /// IOVA of the completion queue.
+    pub fn cq_iova(&self) -> u64 {
+        self.cq.iova()
+    }
+
+    /// Interrupt vector, if the CQ was created with interrupts enabled.
+    pub fn vector(&self) -> Option<u16> {
+        self.vector
+    }
+
+    /// Commands submitted and not yet completed.
+    pub fn outstanding(&self) -> usize {
+        usize::from(self.depth - 1) - self.free_cids.len()
+    }
+
+    /// The DMA arena.
+    pub fn arena(&self) -> &Arc<DmaArena> {
+        &self.arena
+    }
+
+    /// Current SQ tail (next slot to fill).
+    pub fn sq_tail(&self) -> u16 {
+        self.sq_tail
+    }
+
+    /// Doorbells of this pair.
+    pub fn doorbells(&self) -> &Doorbells {
+        &self.db
+    }
+
+    /// Switches this pair to shadow doorbells.
+    pub fn set_shadow(&mut self, shadow: Option<Shadow>) {
+        self.shadow = shadow;
+    }
+
+    /// Resets ring state after the controller reset its queues (admin queue re-init).
+    pub fn reset_state(&mut self) -> Result<(), Error> {
+        self.sq_tail = 0;
+        self.sq_head = 0;
+        self.cq_head = 0;
+        self.phase = true;
+        let usable = self.depth - 1;
+        self.free_cids = (0..usable).rev().collect();
+        self.pending.clear();
+        self.shadow = None;
+        self.cq.fill(0)?;
+        Ok(())
+    }
+
+    fn ring(&self, cq: bool, value: u16) -> Result<(), Error> {
+        if let Some(s) = &self.shadow {
+            let off = self.db.index_offset(self.qid, cq);
+            let old = self.arena.load_u32(s.shadow + off)? as u16;
+            self.arena.store_u32(s.shadow + off, u32::from(value))?;
+            std::sync::atomic::fence(Ordering::SeqCst);
+            let ev = self.arena.load_u32(s.eventidx + off)? as u16;
+            if !need_event(ev, value, old) {
+                return Ok(());
+            }
+        }
+        self.db.write(self.qid, cq, u32::from(value))
+    }
+
+    /// Writes `value` straight into this queue's SQ tail doorbell (bypassing the ring state;
+    /// for tests of invalid doorbell writes).
+    pub fn ring_raw_sq(&self, value: u32) -> Result<(), Error> {
+        self.db.write(self.qid, false, value)
+    }
+
+    /// Whether another command can be submitted.
+    pub fn has_room(&self) -> bool {
+        !self.free_cids.is_empty() && (self.sq_tail + 1) % self.depth != self.sq_head
+    }
+
+    fn list_page(&mut self, cid: u16) -> Result<u64, Error> {
+        let slot = self
+            .list_pages
+            .get_mut(usize::from(cid))
+            .ok_or(Error::InvalidArgument("command id"))?;
+        if slot.is_none() {
+            *slot = Some(self.arena.alloc(PAGE_SIZE)?);
+        }
+        slot.as_ref()
+            .map(|b| b.iova())
+            .ok_or(Error::InvalidArgument("command id"))
+    }
+
+    /// Writes the lists of a PRP plan and sets the command's data pointer.
+    pub fn apply_prp(arena: &DmaArena, cmd: &mut Command, plan: &PrpPlan) -> Result<(), Error> {
+        for l in &plan.lists {
+            for (i, e) in l.entries.iter().enumerate() {
+                arena.write_u64(l.iova + 8 * i as u64, *e)?;
+            }
+        }
+        cmd.set_psdt(0);
+        cmd.set_prp(plan.prp1, plan.prp2);
+        Ok(())
+    }
+
+    /// Writes the segments of an SGL plan and sets the command's data pointer.
+    pub fn apply_sgl(arena: &DmaArena, cmd: &mut Command, plan: &SglPlan) -> Result<(), Error> {
+        for l in &plan.lists {
+            for (i, e) in l.entries.iter().enumerate() {
+                arena.write(l.iova + 16 * i as u64, &e.to_bytes())?;
+            }
+        }
+        cmd.set_sgl(plan.sgl1);
+        Ok(())
+    }
+
+    /// Queues `cmd` (after filling its CID and data pointer) without ringing the doorbell.
+    pub fn push(&mut self, mut cmd: Command, data: DataPtr) -> Result<u16, Error> {
+        if (self.sq_tail + 1) % self.depth == self.sq_head {
+            return Err(Error::QueueFull(self.qid));
+        }
+        let cid = self.free_cids.pop().ok_or(Error::QueueFull(self.qid))?;
+        let r = self.fill(&mut cmd, cid, data);
+        if let Err(e) = r {
+            self.free_cids.push(cid);
+            return Err(e);
+        }
+        cmd.set_cid(cid);
+        let slot = u64::from(self.sq_tail) * 64;
+        if let Err(e) = self.sq.write_at(slot, &cmd.to_bytes()) {
+            self.free_cids.push(cid);
+            return Err(e.into());
+        }
+        self.sq_tail = (self.sq_tail + 1) % self.depth;
+        Ok(cid)
+    }
+
+    fn fill(&mut self, cmd: &mut Command, cid: u16, data: DataPtr) -> Result<(), Error> {
+        match data {
+            DataPtr::None => Ok(()),
+            DataPtr::Prp { iova, len } => {
+                let entries = prp_entries(&[(iova, len)], PAGE_SIZE)?;
+                let lists = if entries.len() > 2 {
+                    vec![self.list_page(cid)?]
+                } else {
+                    Vec::new()
+                };
+                let plan = plan_prp(&entries, &lists, PAGE_SIZE)?;
+                Self::apply_prp(&self.arena, cmd, &plan)
+            }
+            DataPtr::Sgl { iova, len } => {
+                let plan = plan_sgl(&[(iova, len)], &[])?;
+                Self::apply_sgl(&self.arena, cmd, &plan)
+            }
+        }
+    }
+
+    /// Rings the SQ tail doorbell with the current tail.
+    pub fn ring_sq(&self) -> Result<(), Error> {
+        self.ring(false, self.sq_tail)
+    }
+
+    /// Queues `cmd` and rings the doorbell; returns its CID.
+    pub fn submit(&mut self, cmd: Command, data: DataPtr) -> Result<u16, Error> {
+        let cid = self.push(cmd, data)?;
+        self.ring_sq()?;
+        Ok(cid)
+    }
+
+    /// Reaps up to `max` completions, calling `f` for each, then rings the CQ head doorbell.
+    pub fn poll(&mut self, max: usize, mut f: impl FnMut(Completion)) -> Result<usize, Error> {
+        let mut n = 0;
+        while n < max {
+            if let Some(c) = self.pending.pop_front() {
+                f(c);
+                n += 1;
+                continue;
+            }
+            match self.reap_one()? {
+                Some(c) => {
+                    f(c);
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        Ok(n)
+    }
+
+    fn reap_one(&mut self) -> Result<Option<Completion>, Error> {
+        let at = self.cq.iova() + u64::from(self.cq_head) * 16;
+        let dw3 = self.arena.load_u32(at + 12)?;
+        let phase = (dw3 >> 16) & 1 != 0;
+        if phase != self.phase {
+            return Ok(None);
+        }
+        let mut raw = [0u8; 16];
+        self.arena.read(at, &mut raw)?;
+        let c = Completion::from_bytes(&raw);
+        self.cq_head += 1;
+        if self.cq_head == self.depth {
+            self.cq_head = 0;
+            self.phase = !self.phase;
+        }
+        if c.sq_head < self.depth {
+            self.sq_head = c.sq_head;
+        } else {
+            tracing::debug!(
+                qid = self.qid,
+                sq_head = c.sq_head,
+                "completion with bad SQ head"
+            );
+        }
+        if usize::from(c.cid) < self.list_pages.len() && !self.free_cids.contains(&c.cid) {
+            self.free_cids.push(c.cid);
+        } else {
+            tracing::debug!(
+                qid = self.qid,
+                cid = c.cid,
+                "completion for unknown command id"
+            );
+        }
+        self.ring(true, self.cq_head)?;
+        Ok(Some(c))
+    }
+
+    /// Waits for the completion of `cid`; other completions stay queued for [`Self::poll`].
+    pub fn wait(&mut self, cid: u16, timeout: Duration) -> Result<Completion, Error> {
+        if let Some(pos) = self.pending.iter().position(|c| c.cid == cid) {
+            if let Some(c) = self.pending.remove(pos) {
+                return Ok(c);
+            }
+        }
+        let deadline = Instant::now() + timeout;
+        let mut spins = 0u32;
+        loop {
+            while let Some(c) = self.reap_one()? {
+                if c.cid == cid {
+                    return Ok(c);
+                }
+                self.pending.push_back(c);
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Timeout("command completion"));
+            }
+            spins += 1;
+            if spins < 64 {
+                std::hint::spin_loop();
+            } else if spins < 256 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+    }
+
+    /// Submits `cmd` and waits for its completion.
+    pub fn execute(
+        &mut self,
+        cmd: Command,
+        data: DataPtr,
+        timeout: Duration,
+    ) -> Result<Completion, Error> {
+        let cid = self.submit(cmd, data)?;
+        self.wait(cid, timeout)
+    }
+
+    /// Takes completions that arrived while waiting for another command.
+    pub fn take_pending(&mut self) -> Vec<Completion> {
+        self.pending.drain(..).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn need_event_matches_spec_examples() {
+        assert!(need_event(0, 1, 0));
+        assert!(!need_event(5, 3, 2));
+        assert!(need_event(2, 3, 2));
+        assert!(need_event(0xffff, 1, 0xfffe));
+        assert!(!need_event(10, 10, 10));
+    }
+}
