@@ -18,7 +18,7 @@ fr=$(field fr)
 echo "SLUICE_IDCTRL sn='$sn' mn='$mn' fr='$fr'"
 [ "$sn" = "$SN" ] || fail "id-ctrl sn is '$sn', expected '$SN'"
 [ -z "$MN" ] || [ "$mn" = "$MN" ] || fail "id-ctrl mn is '$mn', expected '$MN'"
-[ -z "$FR" ] || [ "$fr" = "$FR" ] || fail "id-ctrl fr is '$fr', expected '$FR'"
+if [ -n "$FR" ]; then [ "$fr" = "$FR" ] || fail "id-ctrl fr is '$fr', expected '$FR'"; else [ -n "$fr" ] || fail "id-ctrl fr (firmware revision) is empty"; fi
 
 nvme list >/tmp/list.txt 2>&1 || fail "nvme list failed: $(cat /tmp/list.txt)"
 cat /tmp/list.txt

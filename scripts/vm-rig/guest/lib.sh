@@ -4,7 +4,7 @@
 # markers the harness waits for are printed as "SLUICE_<WORD> ..." on their own line.
 
 fail() {
-    echo "SLUICE_FAIL: $*"
+    echo "SLUICE_FAIL: $*" >&2
     exit 1
 }
 

@@ -1,0 +1,16 @@
+# Test 8 (baseline): 4k randread QD32 on the Sluice namespace and on QEMU's own emulated NVMe in
+# the same VM. Params: SN (Sluice controller), QSN (QEMU controller), SECS.
+. /share/lib.sh
+. /share/params.sh
+sdev=$(wait_ns "$SN" 1 30) || exit 1
+qdev=$(wait_ns "$QSN" 1 30) || exit 1
+# Fill both so reads hit written data.
+for d in "$sdev" "$qdev"; do
+    fio --name=fill --filename="$d" --direct=1 --ioengine=libaio --rw=write --bs=128k --iodepth=8 \
+        --size=64M --eta=never --output=/tmp/fill.txt || fail "fill of $d failed"
+done
+s=$(fio_randread_iops "$sdev" "$SECS") || exit 1
+q=$(fio_randread_iops "$qdev" "$SECS") || exit 1
+echo "SLUICE_IOPS sluice=$s qemu=$q"
+[ "$s" -gt 0 ] || fail "no IOPS on the Sluice namespace"
+[ "$q" -gt 0 ] || fail "no IOPS on QEMU's NVMe"
