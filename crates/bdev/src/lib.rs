@@ -40,7 +40,7 @@ pub mod malloc;
 pub mod nbd;
 pub mod null;
 pub mod qos;
-// pub mod rpc;
+pub mod rpc;
 pub mod stats;
 pub mod sys;
 mod validate;
@@ -531,6 +531,18 @@ pub trait Bdev: Send + Sync {
     /// Release resources (helper threads, sockets) before removal. Channels opened before
     /// fail their later requests with [`IoError::Aborted`]. Default: nothing to do.
     fn shutdown(&self) {}
+}
+
+impl fmt::Debug for dyn Bdev {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = self.info();
+        f.debug_struct("Bdev")
+            .field("name", &i.name)
+            .field("product_name", &i.product_name)
+            .field("block_size", &i.block_size)
+            .field("num_blocks", &i.num_blocks)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A per-poll-thread I/O channel. Never blocks.
