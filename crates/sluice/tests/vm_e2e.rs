@@ -663,30 +663,140 @@ fn json_numbers(text: &str, want: impl Fn(&str) -> bool) -> BTreeMap<String, f64
 // Case 0: the rig itself, on QEMU's own emulated NVMe (no Sluice involved)
 // ------------------------------------------------------------------------------------------
 
-/// Proves the rig: discovery and fio verify on QEMU's `-device nvme`. If this fails, every
-/// other case's failure is about the rig, not about Sluice.
+/// Proves the rig on QEMU's `-device nvme` (two of them): discovery, the negative checks of
+/// the guest checks, fio verify and the baseline script. If this fails, every other case's
+/// failure is about the rig, not about Sluice.
 #[test]
-fn vm_00_rig_boots_with_qemu_nvme() {
+fn vm_00_rig_with_qemu_nvme() {
     require_rig();
     let s = Scratch::new("rig");
-    let img = s.sub("img").join("q.img");
-    fs::File::create(&img).unwrap().set_len(256 << 20).unwrap();
+    let imgs = [s.sub("img").join("q0.img"), s.sub("img").join("q1.img")];
+    for img in &imgs {
+        fs::File::create(img).unwrap().set_len(256 << 20).unwrap();
+    }
     let mut params = discovery_params("qemu-nvme-0", "QEMU NVMe Ctrl", (256 << 20) / 512);
     params.push(("SIZE", "8M".to_string()));
     params.push(("NSIDS", "1".to_string()));
+    params.push(("QSN", "qemu-nvme-1".to_string()));
+    params.push(("SECS", "2".to_string()));
+    let share = s.sub("share");
+    // negative.sh runs check-blocks.sh; the share gets it too.
+    fs::copy(
+        repo_root().join("scripts/vm-rig/guest/check-blocks.sh"),
+        share.join("check-blocks.sh"),
+    )
+    .unwrap();
     let out = run_guest(
         "vm_00_rig",
-        &s.sub("share"),
-        &["discovery.sh", "verify.sh"],
+        &share,
+        &["discovery.sh", "negative.sh", "verify.sh", "baseline.sh"],
         &params,
         VmSpec {
-            nvme_img: vec![&img],
+            nvme_img: imgs.iter().map(PathBuf::as_path).collect(),
             ..VmSpec::default()
         },
     );
     out.assert_ok("rig self-test on QEMU's emulated NVMe");
     assert_eq!(out.marker_lines("SLUICE_DISCOVERY_OK").len(), 1);
+    assert_eq!(
+        out.marker_lines("SLUICE_NEGATIVE_OK").len(),
+        8,
+        "every negative check must have been caught"
+    );
     assert_eq!(out.marker_lines("SLUICE_VERIFY_OK").len(), 1);
+    assert_eq!(out.marker_lines("SLUICE_IOPS ").len(), 1);
+}
+
+/// The rig's persistence scripts on QEMU's NVMe over an image file: ext4 across a VM restart
+/// (and a tampered checksum list caught), and QEMU killed mid-fio with flushed blocks intact.
+#[test]
+fn vm_00_rig_persistence_with_qemu_nvme() {
+    require_rig();
+    let s = Scratch::new("rigfs");
+    let img = s.sub("img").join("q.img");
+    fs::File::create(&img).unwrap().set_len(128 << 20).unwrap();
+    let params = [("SN", "qemu-nvme-0".to_string())];
+    let spec = || VmSpec {
+        nvme_img: vec![img.as_path()],
+        ..VmSpec::default()
+    };
+    let sums = ext4_write("vm_00_fs_write", &s.sub("share1"), &params, spec());
+    let share2 = s.sub("share2");
+    fs::write(share2.join("sums"), &sums).unwrap();
+    let out = run_guest(
+        "vm_00_fs_check",
+        &share2,
+        &["fs-check.sh", "fs-negative.sh"],
+        &params,
+        spec(),
+    );
+    out.assert_ok("ext4 check (and its negative) on QEMU's NVMe");
+    assert_eq!(out.marker_lines("SLUICE_FS_VERIFIED").len(), 1);
+    assert_eq!(out.marker_lines("SLUICE_NEGATIVE_OK").len(), 1);
+
+    let blocks = kill_mid_write("vm_00_killed", &s.sub("share3"), &params, spec());
+    let out = run_guest(
+        "vm_00_reattach",
+        &s.sub("share4"),
+        &["check-blocks.sh"],
+        &[
+            ("SN", "qemu-nvme-0".to_string()),
+            ("BLOCKS", blocks.join(" ")),
+        ],
+        spec(),
+    );
+    out.assert_ok("flushed blocks after killing QEMU (QEMU's NVMe)");
+    assert_eq!(out.marker_lines("SLUICE_BLOCKS_OK").len(), 1);
+}
+
+/// Runs fs-write.sh and returns the checksum list it recorded.
+fn ext4_write(name: &str, share: &Path, params: &[(&str, String)], spec: VmSpec<'_>) -> String {
+    run_guest(name, share, &["fs-write.sh"], params, spec)
+        .assert_ok("first VM: mkfs.ext4 and writing files");
+    let sums = fs::read_to_string(share.join("out/sums")).unwrap_or_default();
+    assert!(
+        sums.lines().count() >= 6,
+        "the first VM recorded no checksums: {sums:?}"
+    );
+    sums
+}
+
+/// Boots kill-write.sh, waits until fio runs and 8 blocks were flushed, kills QEMU (SIGKILL
+/// to its process group) and returns the flushed blocks as "index:md5".
+fn kill_mid_write(
+    name: &str,
+    share: &Path,
+    params: &[(&str, String)],
+    spec: VmSpec<'_>,
+) -> Vec<String> {
+    make_share(share, &["kill-write.sh"], params);
+    let spec = VmSpec {
+        share: Some(share),
+        ..spec
+    };
+    let mut vm = Vm::boot(name, &spec);
+    vm.expect_marker("SLUICE_FIO_RUNNING", Duration::from_secs(90));
+    for _ in 0..8 {
+        vm.expect_marker("SLUICE_FLUSHED", Duration::from_secs(60));
+    }
+    let killed = vm.kill_now();
+    assert!(
+        killed.rc.is_none(),
+        "the guest finished on its own; it had to be killed"
+    );
+    let blocks: Vec<String> = killed
+        .marker_lines("SLUICE_FLUSHED ")
+        .iter()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace().skip(1);
+            match (f.next(), f.next()) {
+                (Some(i), Some(m)) if m.len() == 32 => Some(format!("{i}:{m}")),
+                _ => None,
+            }
+        })
+        .collect();
+    assert!(blocks.len() >= 8, "flushed blocks: {blocks:?}");
+    blocks
 }
 
 // ------------------------------------------------------------------------------------------
@@ -780,19 +890,12 @@ fn vm_03_ext4_persists_across_vm_restart() {
             },
         )],
     );
-    let share1 = s.sub("share1");
     let params = [("SN", c.serial.clone())];
     let vfio = VmSpec {
         vfio_user: vec![&c.socket],
         ..VmSpec::default()
     };
-    run_guest("vm_03_write", &share1, &["fs-write.sh"], &params, vfio)
-        .assert_ok("first VM: mkfs.ext4 and writing files");
-    let sums = fs::read_to_string(share1.join("out/sums")).unwrap_or_default();
-    assert!(
-        sums.lines().count() >= 6,
-        "the first VM recorded no checksums: {sums:?}"
-    );
+    let sums = ext4_write("vm_03_write", &s.sub("share1"), &params, vfio);
     let share2 = s.sub("share2");
     fs::write(share2.join("sums"), &sums).unwrap();
     let out = run_guest(
@@ -863,33 +966,15 @@ fn vm_05_kill_qemu_mid_fio_then_reattach() {
             },
         )],
     );
-    let share1 = s.sub("share1");
-    make_share(&share1, &["kill-write.sh"], &[("SN", c.serial.clone())]);
-    let mut vm = Vm::boot(
+    let blocks = kill_mid_write(
         "vm_05_killed",
-        &VmSpec {
-            share: Some(&share1),
+        &s.sub("share1"),
+        &[("SN", c.serial.clone())],
+        VmSpec {
             vfio_user: vec![&c.socket],
             ..VmSpec::default()
         },
     );
-    vm.expect_marker("SLUICE_FIO_RUNNING", Duration::from_secs(90));
-    for _ in 0..8 {
-        vm.expect_marker("SLUICE_FLUSHED", Duration::from_secs(60));
-    }
-    let killed = vm.kill_now();
-    let blocks: Vec<String> = killed
-        .marker_lines("SLUICE_FLUSHED ")
-        .iter()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace().skip(1);
-            match (f.next(), f.next()) {
-                (Some(i), Some(m)) if m.len() == 32 => Some(format!("{i}:{m}")),
-                _ => None,
-            }
-        })
-        .collect();
-    assert!(blocks.len() >= 8, "flushed blocks: {blocks:?}");
 
     assert!(!d.exited(), "the daemon died when QEMU was killed");
     d.try_rpc(&["nvmf_get_subsystems"])

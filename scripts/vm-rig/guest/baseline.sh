@@ -1,8 +1,8 @@
 # Test 8 (baseline): 4k randread QD32 on the Sluice namespace and on QEMU's own emulated NVMe in
 # the same VM. Params: SN (Sluice controller), QSN (QEMU controller), SECS.
 . /share/lib.sh
-. /share/params.sh
-sdev=$(wait_ns "$SN" 1 30) || exit 1
+. "${PARAMS:-/share/params.sh}"
+sdev=$(wait_ns "$SN" 1 "${WAIT:-30}") || exit 1
 qdev=$(wait_ns "$QSN" 1 30) || exit 1
 # Fill both so reads hit written data.
 for d in "$sdev" "$qdev"; do

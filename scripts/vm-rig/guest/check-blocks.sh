@@ -1,8 +1,8 @@
 # Test 5, second VM: every block the killed VM reported as flushed must read back intact.
 # Params: SN, BLOCKS ("index:md5 ..." from the first VM's SLUICE_FLUSHED lines).
 . /share/lib.sh
-. /share/params.sh
-dev=$(wait_ns "$SN" 1 30) || exit 1
+. "${PARAMS:-/share/params.sh}"
+dev=$(wait_ns "$SN" 1 "${WAIT:-30}") || exit 1
 n=0
 for e in $BLOCKS; do
     i=${e%%:*}

@@ -1,9 +1,9 @@
 # Test 1 (discovery). Params: SN MN FR (expected identify strings), NSZE_BLOCKS (namespace
 # size in logical blocks), LBA_SIZE (bytes), MSIX=1 to require MSI-X, MIN_IOQ (min blk-mq queues).
 . /share/lib.sh
-. /share/params.sh
+. "${PARAMS:-/share/params.sh}"
 
-dev=$(wait_ns "$SN" 1 30) || exit 1
+dev=$(wait_ns "$SN" 1 "${WAIT:-30}") || exit 1
 ctrl=$(ctrl_by_serial "$SN")
 note "controller $ctrl, namespace $dev"
 

@@ -1,8 +1,8 @@
 # Test 3, first VM: mkfs.ext4 on namespace 1, write files, sync, record checksums in
 # /share/out/sums (and on the filesystem itself). Params: SN.
 . /share/lib.sh
-. /share/params.sh
-dev=$(wait_ns "$SN" 1 30) || exit 1
+. "${PARAMS:-/share/params.sh}"
+dev=$(wait_ns "$SN" 1 "${WAIT:-30}") || exit 1
 mkfs.ext4 -F -q "$dev" || fail "mkfs.ext4 $dev failed"
 mkdir -p /mnt/fs
 mount -t ext4 "$dev" /mnt/fs || fail "mount $dev failed"

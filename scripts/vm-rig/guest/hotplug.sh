@@ -2,8 +2,8 @@
 # namespace 2 after SLUICE_HOTPLUG_READY and removes it after SLUICE_NS_ADDED.
 # Params: SN, WAIT (seconds to wait for each change).
 . /share/lib.sh
-. /share/params.sh
-dev=$(wait_ns "$SN" 1 30) || exit 1
+. "${PARAMS:-/share/params.sh}"
+dev=$(wait_ns "$SN" 1 "${WAIT:-30}") || exit 1
 have_ns "$SN" 2 && fail "namespace 2 exists before the hot add"
 fio --name=bg --filename="$dev" --direct=1 --ioengine=libaio --rw=randrw --bs=4k --iodepth=16 \
     --time_based --runtime=600 --size=32M --eta=never --output=/tmp/fio-bg.txt &

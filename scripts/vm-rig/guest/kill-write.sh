@@ -2,8 +2,8 @@
 # 64 KiB blocks of random data are written to the lower half one at a time, each flushed
 # (conv=fsync => NVMe Flush) before "SLUICE_FLUSHED <index> <md5>" is printed. Params: SN.
 . /share/lib.sh
-. /share/params.sh
-dev=$(wait_ns "$SN" 1 30) || exit 1
+. "${PARAMS:-/share/params.sh}"
+dev=$(wait_ns "$SN" 1 "${WAIT:-30}") || exit 1
 size=$(($(cat /sys/block/"$(basename "$dev")"/size) * 512))
 half=$((size / 2))
 fio --name=bg --filename="$dev" --direct=1 --ioengine=libaio --rw=randwrite --bs=16k --iodepth=16 \

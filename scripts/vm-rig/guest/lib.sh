@@ -79,3 +79,19 @@ fio_randread_iops() {
         fail "fio randread on $1 failed"
     awk -F';' 'NR == 1 { printf "%d\n", $8 }' /tmp/fio-rr.txt
 }
+
+# expect_fail NAME SCRIPT VAR=VALUE...: runs SCRIPT with params.sh plus the overrides.
+expect_fail() {
+    _name=$1
+    _script=$2
+    shift 2
+    cp "${PARAMS:-/share/params.sh}" /tmp/neg-params.sh
+    echo "WAIT=2" >>/tmp/neg-params.sh
+    for kv in "$@"; do echo "$kv" >>/tmp/neg-params.sh; done
+    if PARAMS=/tmp/neg-params.sh sh "/share/$_script" >/tmp/neg.out 2>&1; then
+        cat /tmp/neg.out
+        fail "negative check '$_name' passed, but it must fail"
+    fi
+    grep -q 'SLUICE_FAIL' /tmp/neg.out || { cat /tmp/neg.out; fail "negative check '$_name' failed without a reason"; }
+    echo "SLUICE_NEGATIVE_OK $_name: $(grep 'SLUICE_FAIL' /tmp/neg.out | head -n 1 | sed 's/SLUICE_FAIL/caught/')"
+}
