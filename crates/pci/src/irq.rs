@@ -276,6 +276,7 @@ impl IrqShared {
         self.intx_pending.load(SeqCst)
     }
 
+    #[cfg(test)]
     pub(crate) fn intx_masked(&self) -> bool {
         self.intx_masked.load(SeqCst)
     }
@@ -323,6 +324,7 @@ impl IrqShared {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn vector_masked(&self, v: u32) -> bool {
         Self::bit(&self.vec_masked, v)
     }

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod endpoint;
 pub mod irq;
 pub(crate) mod msix;
 pub mod space;
@@ -17,5 +18,6 @@ pub use config::{
     BarConfig, BarRole, BarSpec, ConfigError, IntxPin, MsixConfig, MsixLayout, PciConfig,
     PciConfigBuilder,
 };
+pub use endpoint::{PciEndpoint, PciFunction};
 pub use irq::{FireOutcome, InterruptSink, IrqSignal};
 pub use space::{ConfigSpace, WriteEffects};

@@ -8,7 +8,7 @@
 
 use rustix::io::Errno;
 
-use crate::config::{MsixLayout, MSIX_ENTRY_SIZE};
+use crate::config::MsixLayout;
 use crate::irq::IrqShared;
 
 /// Vector control: mask bit.
@@ -46,6 +46,7 @@ impl MsixTable {
     }
 
     /// Entry `v` as `(address, data, vector control)`.
+    #[cfg(test)]
     pub fn entry(&self, v: u16) -> Option<(u64, u32, u32)> {
         let base = usize::from(v) * 4;
         let e = self.entries.get(base..base + 4)?;
@@ -129,9 +130,6 @@ impl MsixTable {
         }
         Ok(())
     }
-
-    /// Size of one table entry (16 bytes), for callers computing offsets.
-    pub const ENTRY_SIZE: u64 = MSIX_ENTRY_SIZE;
 }
 
 #[cfg(test)]
