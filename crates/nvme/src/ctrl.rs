@@ -1,0 +1,1654 @@
+//! The controller core: registers, queues, the SQ -> backend -> CQ data path.
+//!
+//! A [`Controller`] is owned by exactly one poll thread (or by a test driving it
+//! directly); nothing in here takes a lock. The endpoint thread reads registers from
+//! [`Shared`] mirrors and writes doorbells into the shared doorbell page.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::debug;
+
+use crate::backend::{Backend, BackendInfo, IoChannel, IoCompletion, IoOp, IoRequest, IoResult};
+use crate::prp::{walk_prp, walk_sgl, IovSink, PAGE_SIZE};
+use crate::spec::{aen, io, reg, Cqe, Sqe, Status};
+use crate::sys::{DoorbellPage, IoVec, Ring, DOORBELL_COUNT};
+use crate::GuestMem;
+
+/// Largest number of I/O queue pairs a controller can offer.
+pub const MAX_IO_QUEUES: u16 = 511;
+/// Number of MSI-X vectors the controller expects (like SPDK: one per queue pair).
+pub const MSIX_VECTORS: u16 = 512;
+/// Maximum commands fetched from one SQ per poll (fairness between queues).
+const SQ_BATCH: u16 = 64;
+/// Outstanding AER limit (AERL + 1).
+pub(crate) const AER_LIMIT: usize = 4;
+/// Error log entries kept (ELPE + 1).
+pub(crate) const ERROR_LOG_ENTRIES: usize = 64;
+
+/// Fires interrupts towards the guest (implemented over `sluice-pci`'s interrupt sink).
+pub trait InterruptSink: Send + Sync {
+    /// Signal MSI-X vector `vector` (or INTx when MSI-X is off).
+    fn trigger(&self, vector: u16);
+}
+
+/// An interrupt sink that drops every interrupt (polled hosts, benches).
+#[derive(Debug, Default)]
+pub struct NoInterrupts;
+
+impl InterruptSink for NoInterrupts {
+    fn trigger(&self, _vector: u16) {}
+}
+
+/// Static controller configuration.
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// PCI vendor id reported in Identify (VID).
+    pub vendor_id: u16,
+    /// PCI subsystem vendor id (SSVID).
+    pub subsystem_vendor_id: u16,
+    /// Serial number (up to 20 ASCII chars).
+    pub serial: String,
+    /// Model number (up to 40 ASCII chars).
+    pub model: String,
+    /// Firmware revision (up to 8 ASCII chars).
+    pub firmware: String,
+    /// Subsystem NQN (up to 255 chars).
+    pub subnqn: String,
+    /// Controller id.
+    pub cntlid: u16,
+    /// I/O queue pairs offered (1..=511).
+    pub max_io_queues: u16,
+    /// Maximum entries per queue (2..=65536; CAP.MQES = value - 1).
+    pub max_queue_depth: u32,
+    /// MDTS as a power of two of 4 KiB pages (5 = 128 KiB).
+    pub mdts: u8,
+    /// Maximum namespace id (NN).
+    pub max_namespaces: u32,
+    /// Whether BAR0's doorbell page is mmappable by the client.
+    pub mappable_bar0: bool,
+    /// Offer Doorbell Buffer Config (only honoured when `mappable_bar0` is false).
+    pub shadow_doorbells: bool,
+    /// One interrupt per I/O CQ per poll batch (true) or one per completion (false).
+    pub adaptive_irq: bool,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            vendor_id: 0x4e58,
+            subsystem_vendor_id: 0x4e58,
+            serial: "SLUICE0".into(),
+            model: "Sluice NVMe Controller".into(),
+            firmware: env!("CARGO_PKG_VERSION").into(),
+            subnqn: "nqn.2024-01.io.sluice:cnode0".into(),
+            cntlid: 1,
+            max_io_queues: 127,
+            max_queue_depth: 256,
+            mdts: 5,
+            max_namespaces: 32,
+            mappable_bar0: true,
+            shadow_doorbells: true,
+            adaptive_irq: true,
+        }
+    }
+}
+
+impl ControllerConfig {
+    /// Clamp fields into their legal ranges.
+    pub fn normalized(mut self) -> Self {
+        self.max_io_queues = self.max_io_queues.clamp(1, MAX_IO_QUEUES);
+        self.max_queue_depth = self.max_queue_depth.clamp(2, 65536);
+        self.mdts = self.mdts.clamp(1, 10);
+        self.max_namespaces = self.max_namespaces.clamp(1, 1024);
+        self
+    }
+    /// Maximum data transfer in bytes.
+    pub fn mdts_bytes(&self) -> u64 {
+        PAGE_SIZE << self.mdts
+    }
+    /// Whether Doorbell Buffer Config is offered.
+    pub fn dbbuf_enabled(&self) -> bool {
+        self.shadow_doorbells && !self.mappable_bar0
+    }
+    /// The CAP register value.
+    pub fn cap(&self) -> u64 {
+        let mqes = u64::from(self.max_queue_depth - 1) & 0xffff;
+        mqes | 1 << 16 // CQR
+            | 30 << 24 // TO: 15 s in 500 ms units
+            | 1 << 37 // CSS: NVM command set
+            | 1 << 59 // CRWMS
+    }
+}
+
+/// Why a BAR0 access was refused (the PCI layer maps these to errno).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BarError {
+    /// Access size other than 4 (or 8 for registers) bytes, or misaligned.
+    #[error("invalid BAR0 access size or alignment")]
+    InvalidAccess,
+    /// Offset outside the implemented range.
+    #[error("BAR0 offset out of range")]
+    OutOfRange,
+    /// Doorbells are write-only.
+    #[error("doorbell registers are write-only")]
+    WriteOnly,
+}
+
+/// Register state mirrored for lock-free reads from the endpoint thread, plus the shared
+/// doorbell page.
+#[derive(Debug)]
+pub struct Shared {
+    /// The doorbell page (memfd).
+    pub doorbells: DoorbellPage,
+    cap: u64,
+    cc: AtomicU32,
+    csts: AtomicU32,
+    aqa: AtomicU32,
+    asq: AtomicU64,
+    acq: AtomicU64,
+    intms: AtomicU32,
+}
+
+impl Shared {
+    /// New register block for CAP `cap`.
+    pub fn new(cap: u64) -> std::io::Result<Shared> {
+        Ok(Shared {
+            doorbells: DoorbellPage::new()?,
+            cap,
+            cc: AtomicU32::new(0),
+            csts: AtomicU32::new(0),
+            aqa: AtomicU32::new(0),
+            asq: AtomicU64::new(0),
+            acq: AtomicU64::new(0),
+            intms: AtomicU32::new(0),
+        })
+    }
+
+    /// Read the dword register at `off` (0..0x1000).
+    pub fn read_reg32(&self, off: u64) -> u32 {
+        let lo = |v: u64| v as u32;
+        let hi = |v: u64| (v >> 32) as u32;
+        match off {
+            0x00 => lo(self.cap),
+            0x04 => hi(self.cap),
+            reg::VS => 0x0002_0000,
+            reg::INTMS | reg::INTMC => self.intms.load(Ordering::Acquire),
+            reg::CC => self.cc.load(Ordering::Acquire),
+            reg::CSTS => self.csts.load(Ordering::Acquire),
+            reg::AQA => self.aqa.load(Ordering::Acquire),
+            0x28 => lo(self.asq.load(Ordering::Acquire)),
+            0x2c => hi(self.asq.load(Ordering::Acquire)),
+            0x30 => lo(self.acq.load(Ordering::Acquire)),
+            0x34 => hi(self.acq.load(Ordering::Acquire)),
+            // CRTO: CRWMT = CRIMT = CAP.TO.
+            reg::CRTO => {
+                let to = ((self.cap >> 24) & 0xff) as u32;
+                to | to << 16
+            }
+            _ => 0,
+        }
+    }
+
+    /// CSTS value.
+    pub fn csts(&self) -> u32 {
+        self.csts.load(Ordering::Acquire)
+    }
+    /// CC value.
+    pub fn cc(&self) -> u32 {
+        self.cc.load(Ordering::Acquire)
+    }
+}
+
+/// Validate a BAR0 access and return `(offset, dwords)`.
+pub fn check_bar0_access(off: u64, len: usize) -> Result<(), BarError> {
+    if off >= reg::DOORBELL_BASE {
+        if off >= reg::DOORBELL_BASE + (DOORBELL_COUNT as u64) * 4 {
+            return Err(BarError::OutOfRange);
+        }
+        if len != 4 || off % 4 != 0 {
+            return Err(BarError::InvalidAccess);
+        }
+        return Ok(());
+    }
+    if !(len == 4 || len == 8) || off % (len as u64) != 0 {
+        return Err(BarError::InvalidAccess);
+    }
+    Ok(())
+}
+
+/// A namespace attached to the controller.
+pub(crate) struct Namespace {
+    pub(crate) info: BackendInfo,
+    pub(crate) backend: Arc<dyn Backend>,
+    chan: Box<dyn IoChannel>,
+    pub(crate) lba_shift: u32,
+    inflight: u32,
+    retry: VecDeque<IoRequest>,
+}
+
+/// Namespace management errors.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NsError {
+    /// NSID 0, out of range, or already in use.
+    #[error("invalid or busy namespace id {0}")]
+    InvalidNsid(u32),
+    /// No free namespace id.
+    #[error("no free namespace id")]
+    Full,
+    /// Unsupported block size.
+    #[error("unsupported block size {0}")]
+    BlockSize(u32),
+    /// The namespace does not exist.
+    #[error("namespace {0} not found")]
+    NotFound(u32),
+    /// The namespace still has commands in flight.
+    #[error("namespace {0} has I/O in flight")]
+    Busy(u32),
+    /// The backend failed to open a channel.
+    #[error("backend: {0}")]
+    Backend(String),
+}
+
+pub(crate) struct Sq {
+    pub(crate) cqid: u16,
+    pub(crate) size: u16,
+    gpa: u64,
+    ring: Option<Ring>,
+    pub(crate) head: u16,
+    pub(crate) inflight: u32,
+    /// Admin CID of a pending Delete I/O SQ.
+    pub(crate) deleting: Option<u16>,
+    db_error: bool,
+}
+
+pub(crate) struct Cq {
+    pub(crate) size: u16,
+    gpa: u64,
+    ring: Option<Ring>,
+    tail: u16,
+    head: u16,
+    phase: bool,
+    pub(crate) ien: bool,
+    pub(crate) iv: u16,
+    /// Commands fetched for this CQ whose completion is not yet posted.
+    reserved: u32,
+    pub(crate) sq_refs: u16,
+    irq_pending: bool,
+    unsignalled: u32,
+    first_unsignalled: Option<Instant>,
+    db_error: bool,
+}
+
+impl Cq {
+    fn used(&self) -> u32 {
+        let t = u32::from(self.tail);
+        let h = u32::from(self.head);
+        if t >= h {
+            t - h
+        } else {
+            t + u32::from(self.size) - h
+        }
+    }
+    fn room(&self) -> u32 {
+        (u32::from(self.size) - 1)
+            .saturating_sub(self.used())
+            .saturating_sub(self.reserved)
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    sqid: u16,
+    cid: u16,
+    nsidx: u32,
+    pending: u16,
+    status: Status,
+    is_read: bool,
+    is_write: bool,
+    bytes: u64,
+    iov: Vec<IoVec>,
+    live: bool,
+    /// Belongs to a queue set that was reset: complete silently.
+    orphan: bool,
+}
+
+/// Values of the Set/Get Features the controller keeps.
+#[derive(Clone, Debug)]
+pub(crate) struct Features {
+    pub(crate) arbitration: u32,
+    pub(crate) power_mgmt: u32,
+    pub(crate) temp_over: u16,
+    pub(crate) temp_under: u16,
+    pub(crate) error_recovery: u32,
+    pub(crate) vwc: bool,
+    /// Allocated (NSQA, NCQA), 0-based, once set.
+    pub(crate) num_queues: Option<(u16, u16)>,
+    pub(crate) coalesce_thr: u8,
+    pub(crate) coalesce_time: u8,
+    pub(crate) write_atomicity: u32,
+    pub(crate) async_event_config: u32,
+    pub(crate) kato: u32,
+    pub(crate) host_id: [u8; 16],
+}
+
+impl Default for Features {
+    fn default() -> Self {
+        Features {
+            arbitration: 0,
+            power_mgmt: 0,
+            temp_over: 0x157,
+            temp_under: 0,
+            error_recovery: 0,
+            vwc: true,
+            num_queues: None,
+            coalesce_thr: 0,
+            coalesce_time: 0,
+            write_atomicity: 0,
+            async_event_config: 0,
+            kato: 0,
+            host_id: [0; 16],
+        }
+    }
+}
+
+/// SMART / health counters.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Smart {
+    pub(crate) bytes_read: u64,
+    pub(crate) bytes_written: u64,
+    pub(crate) read_cmds: u64,
+    pub(crate) write_cmds: u64,
+    pub(crate) media_errors: u64,
+    pub(crate) power_cycles: u64,
+    pub(crate) unsafe_shutdowns: u64,
+    pub(crate) error_count: u64,
+}
+
+/// Counters reported through `nvmf_get_stats`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ControllerStats {
+    /// Admin commands processed.
+    pub admin_commands: u64,
+    /// I/O commands fetched.
+    pub io_commands: u64,
+    /// Completions posted.
+    pub completions: u64,
+    /// Interrupts fired.
+    pub interrupts: u64,
+    /// Times an SQ was not drained because its CQ was full.
+    pub cq_full: u64,
+    /// Doorbell reads served from the shadow doorbell buffer.
+    pub shadow_doorbell_reads: u64,
+    /// Invalid doorbell writes detected.
+    pub invalid_doorbell_writes: u64,
+    /// Commands completed with an error status.
+    pub errors: u64,
+    /// Backend submissions that found the channel full.
+    pub backend_busy: u64,
+}
+
+pub(crate) struct Aer {
+    pub(crate) cids: Vec<u16>,
+    pub(crate) pending: VecDeque<u32>,
+    pub(crate) notice_masked: bool,
+    pub(crate) error_masked: bool,
+}
+
+/// Shadow doorbell buffers (Doorbell Buffer Config).
+pub(crate) struct ShadowDb {
+    pub(crate) db_gpa: u64,
+    pub(crate) ei_gpa: u64,
+    pub(crate) db: Ring,
+    pub(crate) ei: Ring,
+}
+
+/// The NVMe controller state owned by one poll thread.
+pub struct Controller {
+    pub(crate) cfg: ControllerConfig,
+    pub(crate) shared: Arc<Shared>,
+    irq: Arc<dyn InterruptSink>,
+    pub(crate) mem: Option<Arc<GuestMem>>,
+    pub(crate) ns: Vec<Option<Namespace>>,
+    pub(crate) sqs: Vec<Option<Sq>>,
+    pub(crate) cqs: Vec<Option<Cq>>,
+    active_sqs: Vec<u16>,
+    slots: Vec<Slot>,
+    free_slots: Vec<u32>,
+    irq_list: Vec<u16>,
+    pub(crate) feat: Features,
+    pub(crate) smart: Smart,
+    pub(crate) stats: ControllerStats,
+    pub(crate) aer: Aer,
+    pub(crate) changed_ns: Vec<u32>,
+    pub(crate) error_log: VecDeque<[u8; 64]>,
+    pub(crate) shadow: Option<ShadowDb>,
+    /// Interrupt Vector Configuration: coalescing disabled per vector.
+    pub(crate) iv_cd: Vec<bool>,
+    admin_backlog: VecDeque<(Cqe, u16)>,
+    pub(crate) created: Instant,
+    ready: bool,
+    completions_buf: Vec<IoCompletion>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("cntlid", &self.cfg.cntlid)
+            .field("ready", &self.ready)
+            .finish()
+    }
+}
+
+fn lba_shift(block_size: u32) -> Option<u32> {
+    if block_size.is_power_of_two() && (512..=4096).contains(&block_size) {
+        Some(block_size.trailing_zeros())
+    } else {
+        None
+    }
+}
+
+impl Controller {
+    /// A controller with the given configuration and interrupt sink.
+    pub fn new(cfg: ControllerConfig, irq: Arc<dyn InterruptSink>) -> std::io::Result<Controller> {
+        let cfg = cfg.normalized();
+        let shared = Arc::new(Shared::new(cfg.cap())?);
+        let nq = usize::from(cfg.max_io_queues) + 1;
+        let nn = cfg.max_namespaces as usize;
+        Ok(Controller {
+            shared,
+            irq,
+            mem: None,
+            ns: (0..nn).map(|_| None).collect(),
+            sqs: (0..nq).map(|_| None).collect(),
+            cqs: (0..nq).map(|_| None).collect(),
+            active_sqs: Vec::with_capacity(nq),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            irq_list: Vec::with_capacity(nq),
+            feat: Features {
+                vwc: true,
+                ..Features::default()
+            },
+            smart: Smart {
+                power_cycles: 1,
+                ..Smart::default()
+            },
+            stats: ControllerStats::default(),
+            aer: Aer {
+                cids: Vec::new(),
+                pending: VecDeque::new(),
+                notice_masked: false,
+                error_masked: false,
+            },
+            changed_ns: Vec::new(),
+            error_log: VecDeque::new(),
+            shadow: None,
+            iv_cd: vec![false; usize::from(MSIX_VECTORS)],
+            admin_backlog: VecDeque::new(),
+            created: Instant::now(),
+            ready: false,
+            completions_buf: Vec::with_capacity(256),
+            cfg,
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ControllerConfig {
+        &self.cfg
+    }
+
+    /// The register mirror and doorbell page shared with the endpoint thread.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Whether CSTS.RDY is set.
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ControllerStats {
+        self.stats.clone()
+    }
+
+    /// Commands handed to backends and not yet completed.
+    pub fn inflight(&self) -> usize {
+        self.slots.len() - self.free_slots.len()
+    }
+
+    /// Replace the interrupt sink (new client).
+    pub fn set_interrupt_sink(&mut self, irq: Arc<dyn InterruptSink>) {
+        self.irq = irq;
+    }
+
+    // ----- namespaces ---------------------------------------------------------------
+
+    /// Attach a namespace; `nsid` None picks the lowest free id. Raises the Changed
+    /// Namespace List event.
+    pub fn add_namespace(
+        &mut self,
+        nsid: Option<u32>,
+        backend: Arc<dyn Backend>,
+    ) -> Result<u32, NsError> {
+        let info = backend.info();
+        let shift = lba_shift(info.block_size).ok_or(NsError::BlockSize(info.block_size))?;
+        let idx = match nsid {
+            Some(n) => {
+                let i = n.checked_sub(1).ok_or(NsError::InvalidNsid(n))? as usize;
+                match self.ns.get(i) {
+                    Some(None) => i,
+                    _ => return Err(NsError::InvalidNsid(n)),
+                }
+            }
+            None => self
+                .ns
+                .iter()
+                .position(Option::is_none)
+                .ok_or(NsError::Full)?,
+        };
+        let chan = backend
+            .open_channel()
+            .map_err(|e| NsError::Backend(e.to_string()))?;
+        let id = idx as u32 + 1;
+        if let Some(slot) = self.ns.get_mut(idx) {
+            *slot = Some(Namespace {
+                info,
+                backend,
+                chan,
+                lba_shift: shift,
+                inflight: 0,
+                retry: VecDeque::new(),
+            });
+        }
+        self.ns_changed(id);
+        Ok(id)
+    }
+
+    /// Detach a namespace (no command may be in flight on it).
+    pub fn remove_namespace(&mut self, nsid: u32) -> Result<Arc<dyn Backend>, NsError> {
+        let idx = nsid.checked_sub(1).ok_or(NsError::NotFound(nsid))? as usize;
+        let slot = self.ns.get_mut(idx).ok_or(NsError::NotFound(nsid))?;
+        match slot {
+            None => return Err(NsError::NotFound(nsid)),
+            Some(ns) if ns.inflight > 0 => return Err(NsError::Busy(nsid)),
+            Some(_) => {}
+        }
+        let ns = slot.take().ok_or(NsError::NotFound(nsid))?;
+        self.ns_changed(nsid);
+        Ok(ns.backend)
+    }
+
+    /// Active namespace ids.
+    pub fn namespaces(&self) -> Vec<u32> {
+        self.ns
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.is_some())
+            .map(|(i, _)| i as u32 + 1)
+            .collect()
+    }
+
+    fn ns_changed(&mut self, nsid: u32) {
+        if self.changed_ns.len() >= 1024 {
+            self.changed_ns.clear();
+            self.changed_ns.push(0xffff_ffff);
+        } else if !self.changed_ns.contains(&nsid) && self.changed_ns.first() != Some(&0xffff_ffff)
+        {
+            self.changed_ns.push(nsid);
+        }
+        if self.ready && self.feat.async_event_config & (1 << 8) != 0 {
+            self.raise_event(
+                aen::TYPE_NOTICE,
+                aen::NOTICE_NS_ATTRIBUTE_CHANGED,
+                crate::spec::log::CHANGED_NS,
+            );
+        }
+    }
+
+    // ----- memory and reset ---------------------------------------------------------
+
+    /// Install a new DMA snapshot (after DMA map/unmap). Queues whose memory is no longer
+    /// mapped become inactive until a later map covers them again. The caller (poll
+    /// thread control path) must have quiesced in-flight commands first.
+    pub fn set_memory(&mut self, mem: Option<Arc<GuestMem>>) {
+        self.mem = mem;
+        let m = self.mem.clone();
+        for sq in self.sqs.iter_mut().flatten() {
+            sq.ring = m
+                .as_ref()
+                .and_then(|m| Ring::new(m, sq.gpa, usize::from(sq.size) * 64));
+        }
+        for cq in self.cqs.iter_mut().flatten() {
+            cq.ring = m
+                .as_ref()
+                .and_then(|m| Ring::new(m, cq.gpa, usize::from(cq.size) * 16));
+        }
+        if let Some(sh) = self.shadow.take() {
+            let db = m
+                .as_ref()
+                .and_then(|m| Ring::new(m, sh.db_gpa, PAGE_SIZE as usize));
+            let ei = m
+                .as_ref()
+                .and_then(|m| Ring::new(m, sh.ei_gpa, PAGE_SIZE as usize));
+            match (db, ei) {
+                (Some(db), Some(ei)) => self.shadow = Some(ShadowDb { db, ei, ..sh }),
+                _ => {
+                    // Shadow buffers unmapped: fall back to the BAR doorbells with the last
+                    // values the host published.
+                    for i in 2..DOORBELL_COUNT {
+                        if let Some(v) = sh.db.read_u32(i * 4) {
+                            self.shared.doorbells.store(i, v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The current DMA snapshot.
+    pub fn memory(&self) -> Option<&Arc<GuestMem>> {
+        self.mem.as_ref()
+    }
+
+    /// Controller-level reset (CC.EN 1 -> 0, FLR, device reset): deletes all queues,
+    /// drops outstanding AERs and shadow doorbells, restores feature defaults.
+    pub fn reset(&mut self) {
+        for sq in self.sqs.iter_mut() {
+            *sq = None;
+        }
+        for cq in self.cqs.iter_mut() {
+            *cq = None;
+        }
+        self.active_sqs.clear();
+        self.irq_list.clear();
+        for s in self.slots.iter_mut().filter(|s| s.live) {
+            s.orphan = true;
+        }
+        self.aer.cids.clear();
+        self.aer.pending.clear();
+        self.aer.notice_masked = false;
+        self.aer.error_masked = false;
+        self.admin_backlog.clear();
+        self.shadow = None;
+        self.iv_cd.iter_mut().for_each(|v| *v = false);
+        let vwc = self.feat.vwc;
+        self.feat = Features {
+            vwc,
+            ..Features::default()
+        };
+        self.shared.doorbells.clear();
+        self.ready = false;
+        self.shared.csts.fetch_and(!0x3, Ordering::AcqRel);
+    }
+
+    /// Function-level reset: controller reset plus all registers back to zero.
+    pub fn function_reset(&mut self) {
+        if self.ready {
+            self.smart.unsafe_shutdowns += 1;
+        }
+        self.reset();
+        self.shared.cc.store(0, Ordering::Release);
+        self.shared.csts.store(0, Ordering::Release);
+        self.shared.aqa.store(0, Ordering::Release);
+        self.shared.asq.store(0, Ordering::Release);
+        self.shared.acq.store(0, Ordering::Release);
+    }
+
+    // ----- registers ----------------------------------------------------------------
+
+    /// A BAR0 read (registers and, refused, doorbells).
+    pub fn bar0_read(&self, off: u64, data: &mut [u8]) -> Result<(), BarError> {
+        bar0_read(&self.shared, off, data)
+    }
+
+    /// A BAR0 write: register writes are applied here; doorbell writes are stored in the
+    /// doorbell page (trapped-doorbell mode).
+    pub fn bar0_write(&mut self, off: u64, data: &[u8]) -> Result<(), BarError> {
+        check_bar0_access(off, data.len())?;
+        if off >= reg::DOORBELL_BASE {
+            store_doorbell(&self.shared, off, data);
+            return Ok(());
+        }
+        for (i, c) in data.chunks_exact(4).enumerate() {
+            let v = u32::from_le_bytes(c.try_into().unwrap_or([0; 4]));
+            self.write_reg32(off + (i as u64) * 4, v);
+        }
+        Ok(())
+    }
+
+    /// Write one dword register.
+    pub fn write_reg32(&mut self, off: u64, v: u32) {
+        let enabled = self.shared.cc() & 1 != 0;
+        let set_lo = |a: &AtomicU64, v: u32| {
+            let old = a.load(Ordering::Acquire);
+            a.store(
+                (old & !0xffff_ffff) | u64::from(v & !0xfff),
+                Ordering::Release,
+            );
+        };
+        let set_hi = |a: &AtomicU64, v: u32| {
+            let old = a.load(Ordering::Acquire);
+            a.store((old & 0xffff_ffff) | u64::from(v) << 32, Ordering::Release);
+        };
+        match off {
+            reg::CC => self.write_cc(v),
+            reg::INTMS => {
+                self.shared.intms.fetch_or(v, Ordering::AcqRel);
+            }
+            reg::INTMC => {
+                self.shared.intms.fetch_and(!v, Ordering::AcqRel);
+            }
+            reg::AQA if !enabled => self.shared.aqa.store(v & 0x0fff_0fff, Ordering::Release),
+            0x28 if !enabled => set_lo(&self.shared.asq, v),
+            0x2c if !enabled => set_hi(&self.shared.asq, v),
+            0x30 if !enabled => set_lo(&self.shared.acq, v),
+            0x34 if !enabled => set_hi(&self.shared.acq, v),
+            _ => debug!(
+                off,
+                v, "nvme: write to read-only or unimplemented register ignored"
+            ),
+        }
+    }
+
+    fn write_cc(&mut self, new: u32) {
+        let old = self.shared.cc();
+        let was = old & 1 != 0;
+        let now = new & 1 != 0;
+        // Only EN and SHN may change while enabled.
+        let stored = if was && now {
+            (old & !0xc000) | (new & 0xc000)
+        } else {
+            new & 0x00ff_fff1
+        };
+        self.shared.cc.store(stored, Ordering::Release);
+        if !was && now {
+            self.enable();
+        } else if was && !now {
+            self.reset();
+            self.shared.csts.fetch_and(!0xd, Ordering::AcqRel);
+        } else if was && now {
+            let shn = (new >> 14) & 3;
+            let old_shn = (old >> 14) & 3;
+            if shn != 0 && old_shn == 0 {
+                self.shutdown();
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        // Outstanding I/O was quiesced by the control path; delete I/O queues and report
+        // shutdown complete. The admin queue stays usable for diagnostics.
+        let (sq0, cq0) = (
+            self.sqs.first_mut().and_then(Option::take),
+            self.cqs.first_mut().and_then(Option::take),
+        );
+        self.reset();
+        self.ready = true;
+        if let Some(s) = self.sqs.first_mut() {
+            *s = sq0;
+        }
+        if let Some(c) = self.cqs.first_mut() {
+            *c = cq0;
+        }
+        self.active_sqs.push(0);
+        self.shared.csts.store(1 | 2 << 2, Ordering::Release);
+    }
+
+    fn fail(&mut self, why: &str) {
+        debug!(why, "nvme: controller fatal status");
+        self.shared.csts.fetch_or(2, Ordering::AcqRel);
+    }
+
+    fn enable(&mut self) {
+        let cc = self.shared.cc();
+        let css = (cc >> 4) & 7;
+        let mps = (cc >> 7) & 0xf;
+        let ams = (cc >> 11) & 7;
+        let iosqes = (cc >> 16) & 0xf;
+        let iocqes = (cc >> 20) & 0xf;
+        let aqa = self.shared.aqa.load(Ordering::Acquire);
+        let asqs = (aqa & 0xfff) + 1;
+        let acqs = ((aqa >> 16) & 0xfff) + 1;
+        let asq = self.shared.asq.load(Ordering::Acquire);
+        let acq = self.shared.acq.load(Ordering::Acquire);
+        if css != 0 || mps != 0 || ams != 0 {
+            return self.fail("unsupported CC.CSS/MPS/AMS");
+        }
+        if (iosqes != 0 && iosqes != 6) || (iocqes != 0 && iocqes != 4) {
+            return self.fail("unsupported CC.IOSQES/IOCQES");
+        }
+        if asqs < 2 || acqs < 2 {
+            return self.fail("admin queue size below 2");
+        }
+        let Some(mem) = self.mem.clone() else {
+            return self.fail("no DMA memory at enable");
+        };
+        let (Some(sring), Some(cring)) = (
+            Ring::new(&mem, asq, asqs as usize * 64),
+            Ring::new(&mem, acq, acqs as usize * 16),
+        ) else {
+            return self.fail("admin queues not in mapped memory");
+        };
+        sring.zero();
+        cring.zero();
+        if let Some(s) = self.sqs.first_mut() {
+            *s = Some(Sq {
+                cqid: 0,
+                size: asqs as u16,
+                gpa: asq,
+                ring: Some(sring),
+                head: 0,
+                inflight: 0,
+                deleting: None,
+                db_error: false,
+            });
+        }
+        if let Some(c) = self.cqs.first_mut() {
+            *c = Some(new_cq(acqs as u16, acq, Some(cring), true, 0));
+            if let Some(cq) = c.as_mut() {
+                cq.sq_refs = 1;
+            }
+        }
+        self.active_sqs.clear();
+        self.active_sqs.push(0);
+        self.shared.doorbells.store(0, 0);
+        self.shared.doorbells.store(1, 0);
+        self.ready = true;
+        self.shared.csts.store(1, Ordering::Release);
+    }
+
+    // ----- queue creation helpers used by admin.rs -------------------------------------
+
+    pub(crate) fn create_cq(
+        &mut self,
+        qid: u16,
+        size: u16,
+        gpa: u64,
+        ien: bool,
+        iv: u16,
+    ) -> Result<(), Status> {
+        let mem = self.mem.clone().ok_or(Status::DATA_TRANSFER_ERROR)?;
+        let ring =
+            Ring::new(&mem, gpa, usize::from(size) * 16).ok_or(Status::DATA_TRANSFER_ERROR)?;
+        ring.zero();
+        let slot = self
+            .cqs
+            .get_mut(usize::from(qid))
+            .ok_or(Status::INVALID_QID)?;
+        *slot = Some(new_cq(size, gpa, Some(ring), ien, iv));
+        self.shared.doorbells.store(usize::from(qid) * 2 + 1, 0);
+        if let Some(sh) = &self.shadow {
+            let _ = sh.db.write_u32((usize::from(qid) * 2 + 1) * 4, 0);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn create_sq(
+        &mut self,
+        qid: u16,
+        size: u16,
+        gpa: u64,
+        cqid: u16,
+    ) -> Result<(), Status> {
+        let mem = self.mem.clone().ok_or(Status::DATA_TRANSFER_ERROR)?;
+        let ring =
+            Ring::new(&mem, gpa, usize::from(size) * 64).ok_or(Status::DATA_TRANSFER_ERROR)?;
+        ring.zero();
+        let cq = self
+            .cqs
+            .get_mut(usize::from(cqid))
+            .and_then(Option::as_mut)
+            .ok_or(Status::CQ_INVALID)?;
+        cq.sq_refs += 1;
+        let slot = self
+            .sqs
+            .get_mut(usize::from(qid))
+            .ok_or(Status::INVALID_QID)?;
+        *slot = Some(Sq {
+            cqid,
+            size,
+            gpa,
+            ring: Some(ring),
+            head: 0,
+            inflight: 0,
+            deleting: None,
+            db_error: false,
+        });
+        self.shared.doorbells.store(usize::from(qid) * 2, 0);
+        if let Some(sh) = &self.shadow {
+            let _ = sh.db.write_u32(usize::from(qid) * 4 * 2, 0);
+        }
+        self.active_sqs.push(qid);
+        Ok(())
+    }
+
+    /// Remove SQ `qid` now (no command in flight).
+    pub(crate) fn remove_sq(&mut self, qid: u16) {
+        if let Some(sq) = self.sqs.get_mut(usize::from(qid)).and_then(Option::take) {
+            if let Some(cq) = self
+                .cqs
+                .get_mut(usize::from(sq.cqid))
+                .and_then(Option::as_mut)
+            {
+                cq.sq_refs = cq.sq_refs.saturating_sub(1);
+            }
+        }
+        self.active_sqs.retain(|&q| q != qid);
+    }
+
+    pub(crate) fn io_queues_exist(&self) -> bool {
+        self.sqs.iter().skip(1).any(Option::is_some) || self.cqs.iter().skip(1).any(Option::is_some)
+    }
+
+    // ----- doorbells --------------------------------------------------------------
+
+    #[inline]
+    fn sq_tail(&mut self, qid: u16) -> u32 {
+        let idx = usize::from(qid) * 2;
+        if qid != 0 {
+            if let Some(sh) = &self.shadow {
+                self.stats.shadow_doorbell_reads += 1;
+                let v = sh.db.read_u32(idx * 4).unwrap_or(0);
+                // EventIdx = what we have seen: the host rings (and wakes a sleeping
+                // poller through the trapped write) only for entries past it.
+                let _ = sh.ei.write_u32(idx * 4, v);
+                return v;
+            }
+        }
+        self.shared.doorbells.load(idx)
+    }
+
+    #[inline]
+    fn cq_head(&mut self, qid: u16) -> u32 {
+        let idx = usize::from(qid) * 2 + 1;
+        if qid != 0 {
+            if let Some(sh) = &self.shadow {
+                self.stats.shadow_doorbell_reads += 1;
+                return sh.db.read_u32(idx * 4).unwrap_or(0);
+            }
+        }
+        self.shared.doorbells.load(idx)
+    }
+
+    fn refresh_cq_head(&mut self, cqid: u16) {
+        let head = self.cq_head(cqid);
+        let mut bad = false;
+        if let Some(cq) = self.cqs.get_mut(usize::from(cqid)).and_then(Option::as_mut) {
+            if head < u32::from(cq.size) {
+                cq.head = head as u16;
+                cq.db_error = false;
+            } else if !cq.db_error {
+                cq.db_error = true;
+                bad = true;
+            }
+        }
+        if bad {
+            self.invalid_doorbell(cqid, "CQ head beyond queue size");
+        }
+    }
+
+    fn invalid_doorbell(&mut self, qid: u16, what: &'static str) {
+        debug!(qid, what, "nvme: invalid doorbell write");
+        self.stats.invalid_doorbell_writes += 1;
+        self.raise_event(
+            aen::TYPE_ERROR,
+            aen::ERROR_INVALID_DOORBELL_VALUE,
+            crate::spec::log::ERROR,
+        );
+    }
+
+    // ----- the poll loop ----------------------------------------------------------------
+
+    /// One polling step: fetch new commands from every SQ, reap backend completions,
+    /// post CQEs, fire coalesced interrupts. Returns the amount of work done.
+    pub fn poll(&mut self) -> usize {
+        self.poll_with(false)
+    }
+
+    /// Like [`poll`](Self::poll) but, with `quiescing`, fetches no new commands.
+    pub fn poll_with(&mut self, quiescing: bool) -> usize {
+        let mut work = 0;
+        if self.ready && !quiescing {
+            let n = self.active_sqs.len();
+            let mut i = 0;
+            while i < n {
+                let qid = self.active_sqs.get(i).copied().unwrap_or(0);
+                work += self.process_sq(qid);
+                i += 1;
+            }
+        }
+        work += self.reap();
+        if !self.admin_backlog.is_empty() {
+            self.flush_admin_backlog();
+        }
+        self.finish_deletes();
+        self.flush_irqs();
+        work
+    }
+
+    fn process_sq(&mut self, qid: u16) -> usize {
+        let tail = self.sq_tail(qid);
+        let (size, cqid, head0, deleting) =
+            match self.sqs.get(usize::from(qid)).and_then(Option::as_ref) {
+                Some(sq) if sq.ring.is_some() => (sq.size, sq.cqid, sq.head, sq.deleting.is_some()),
+                _ => return 0,
+            };
+        if deleting {
+            return 0;
+        }
+        if tail >= u32::from(size) {
+            let first = self
+                .sqs
+                .get_mut(usize::from(qid))
+                .and_then(Option::as_mut)
+                .is_some_and(|sq| {
+                    let f = !sq.db_error;
+                    sq.db_error = true;
+                    f
+                });
+            if first {
+                self.invalid_doorbell(qid, "SQ tail beyond queue size");
+            }
+            return 0;
+        }
+        let tail = tail as u16;
+        if let Some(sq) = self.sqs.get_mut(usize::from(qid)).and_then(Option::as_mut) {
+            sq.db_error = false;
+        }
+        if tail == head0 {
+            return 0;
+        }
+        self.refresh_cq_head(cqid);
+        let mut done = 0usize;
+        let mut head = head0;
+        while head != tail && done < usize::from(SQ_BATCH) {
+            let room = match self.cqs.get(usize::from(cqid)).and_then(Option::as_ref) {
+                Some(cq) if cq.ring.is_some() => cq.room(),
+                _ => 0,
+            };
+            if room == 0 {
+                self.stats.cq_full += 1;
+                break;
+            }
+            let Some(sq) = self.sqs.get_mut(usize::from(qid)).and_then(Option::as_mut) else {
+                break;
+            };
+            let Some(sqe) = sq.ring.as_ref().and_then(|r| r.read_sqe(head)) else {
+                break;
+            };
+            head = if head + 1 == size { 0 } else { head + 1 };
+            sq.head = head;
+            if let Some(cq) = self.cqs.get_mut(usize::from(cqid)).and_then(Option::as_mut) {
+                cq.reserved += 1;
+            }
+            if qid == 0 {
+                self.stats.admin_commands += 1;
+                self.admin_command(&sqe);
+            } else {
+                self.stats.io_commands += 1;
+                self.io_command(qid, cqid, &sqe);
+            }
+            done += 1;
+        }
+        done
+    }
+
+    // ----- completions -----------------------------------------------------------------
+
+    /// Post a completion for a command fetched from `sqid` (its CQ slot was reserved).
+    pub(crate) fn complete(&mut self, sqid: u16, cid: u16, status: Status, dw0: u32) {
+        let (cqid, sqhd) = match self.sqs.get(usize::from(sqid)).and_then(Option::as_ref) {
+            Some(sq) => (sq.cqid, sq.head),
+            None => return,
+        };
+        if !status.is_success() {
+            self.stats.errors += 1;
+            self.log_error(sqid, cid, status);
+        }
+        let cqe = Cqe {
+            dw0,
+            dw1: 0,
+            sqhd,
+            sqid,
+            cid,
+            status,
+        };
+        self.post(cqid, &cqe, true);
+    }
+
+    /// Post a completion that holds no reservation (AER, deferred admin completions).
+    pub(crate) fn complete_unreserved(&mut self, sqid: u16, cid: u16, status: Status, dw0: u32) {
+        let sqhd = self
+            .sqs
+            .get(usize::from(sqid))
+            .and_then(Option::as_ref)
+            .map_or(0, |s| s.head);
+        let cqe = Cqe {
+            dw0,
+            dw1: 0,
+            sqhd,
+            sqid,
+            cid,
+            status,
+        };
+        self.refresh_cq_head(0);
+        let room = self
+            .cqs
+            .first()
+            .and_then(Option::as_ref)
+            .map_or(0, Cq::room);
+        if room == 0 || !self.admin_backlog.is_empty() {
+            self.admin_backlog.push_back((cqe, 0));
+            return;
+        }
+        self.post(0, &cqe, false);
+    }
+
+    fn flush_admin_backlog(&mut self) {
+        self.refresh_cq_head(0);
+        while let Some((cqe, _)) = self.admin_backlog.front().copied() {
+            let room = self
+                .cqs
+                .first()
+                .and_then(Option::as_ref)
+                .map_or(0, Cq::room);
+            if room == 0 {
+                break;
+            }
+            self.admin_backlog.pop_front();
+            self.post(0, &cqe, false);
+        }
+    }
+
+    /// Release the CQ reservation of a fetched command that will complete later
+    /// without a reservation (AER).
+    pub(crate) fn unreserve(&mut self, sqid: u16) {
+        let cqid = self
+            .sqs
+            .get(usize::from(sqid))
+            .and_then(Option::as_ref)
+            .map_or(0, |s| s.cqid);
+        if let Some(cq) = self.cqs.get_mut(usize::from(cqid)).and_then(Option::as_mut) {
+            cq.reserved = cq.reserved.saturating_sub(1);
+        }
+    }
+
+    fn post(&mut self, cqid: u16, cqe: &Cqe, reserved: bool) {
+        let adaptive = self.cfg.adaptive_irq;
+        let Some(cq) = self.cqs.get_mut(usize::from(cqid)).and_then(Option::as_mut) else {
+            return;
+        };
+        if reserved {
+            cq.reserved = cq.reserved.saturating_sub(1);
+        }
+        let Some(ring) = cq.ring.as_ref() else { return };
+        if ring.write_cqe(cq.tail, cqe, cq.phase).is_none() {
+            return;
+        }
+        cq.tail += 1;
+        if cq.tail == cq.size {
+            cq.tail = 0;
+            cq.phase = !cq.phase;
+        }
+        self.stats.completions += 1;
+        if cq.ien {
+            if cqid == 0 || !adaptive {
+                let iv = cq.iv;
+                self.irq.trigger(iv);
+                self.stats.interrupts += 1;
+            } else {
+                cq.unsignalled += 1;
+                if !cq.irq_pending {
+                    cq.irq_pending = true;
+                    self.irq_list.push(cqid);
+                }
+            }
+        }
+    }
+
+    fn flush_irqs(&mut self) {
+        if self.irq_list.is_empty() {
+            return;
+        }
+        let (thr, time) = (
+            u32::from(self.feat.coalesce_thr),
+            u64::from(self.feat.coalesce_time),
+        );
+        let mut now = None;
+        let mut i = 0;
+        while i < self.irq_list.len() {
+            let cqid = self.irq_list.get(i).copied().unwrap_or(0);
+            let coalesce = (thr > 0 || time > 0) && !self.iv_coalescing_disabled(cqid);
+            let Some(cq) = self.cqs.get_mut(usize::from(cqid)).and_then(Option::as_mut) else {
+                self.irq_list.swap_remove(i);
+                continue;
+            };
+            let fire = if !coalesce {
+                true
+            } else {
+                let start = *cq.first_unsignalled.get_or_insert_with(Instant::now);
+                let t = *now.get_or_insert_with(Instant::now);
+                cq.unsignalled > thr || t.duration_since(start).as_micros() as u64 >= time * 100
+            };
+            if fire {
+                cq.irq_pending = false;
+                cq.unsignalled = 0;
+                cq.first_unsignalled = None;
+                let iv = cq.iv;
+                self.irq.trigger(iv);
+                self.stats.interrupts += 1;
+                self.irq_list.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn iv_coalescing_disabled(&self, cqid: u16) -> bool {
+        let iv = self
+            .cqs
+            .get(usize::from(cqid))
+            .and_then(Option::as_ref)
+            .map_or(0, |c| c.iv);
+        self.iv_cd.get(usize::from(iv)).copied().unwrap_or(false)
+    }
+
+    // ----- I/O commands --------------------------------------------------------------
+
+    fn alloc_slot(&mut self) -> u32 {
+        if let Some(i) = self.free_slots.pop() {
+            return i;
+        }
+        self.slots.push(Slot::default());
+        (self.slots.len() - 1) as u32
+    }
+
+    fn free_slot(&mut self, i: u32) {
+        if let Some(s) = self.slots.get_mut(i as usize) {
+            s.live = false;
+            s.orphan = false;
+            self.free_slots.push(i);
+        }
+    }
+
+    fn io_command(&mut self, sqid: u16, _cqid: u16, sqe: &Sqe) {
+        if let Err(st) = self.io_submit(sqid, sqe) {
+            debug!(sqid, cid = sqe.cid(), opcode = sqe.opcode(), status = %st, "nvme: I/O command rejected");
+            self.complete(sqid, sqe.cid(), st, 0);
+        }
+    }
+
+    fn io_submit(&mut self, sqid: u16, sqe: &Sqe) -> Result<(), Status> {
+        let opc = sqe.opcode();
+        if sqe.fuse() != 0 {
+            return Err(Status::INVALID_FIELD);
+        }
+        let nsid = sqe.nsid();
+        if opc == io::FLUSH && nsid == 0xffff_ffff {
+            return self.flush_all(sqid, sqe.cid());
+        }
+        let nsidx = nsid.wrapping_sub(1) as usize;
+        let ns = self
+            .ns
+            .get(nsidx)
+            .and_then(Option::as_ref)
+            .ok_or(Status::INVALID_NAMESPACE)?;
+        let shift = ns.lba_shift;
+        let nlbas = ns.info.num_blocks;
+        let (op, slba, nlb) = match opc {
+            io::READ | io::WRITE | io::COMPARE | io::WRITE_ZEROES => {
+                let slba = u64::from(sqe.dw[10]) | u64::from(sqe.dw[11]) << 32;
+                let nlb = u64::from(sqe.dw[12] & 0xffff) + 1;
+                let op = match opc {
+                    io::READ => IoOp::Read,
+                    io::WRITE => IoOp::Write {
+                        fua: sqe.dw[12] & (1 << 30) != 0,
+                    },
+                    io::COMPARE if ns.info.compare => IoOp::Compare,
+                    io::WRITE_ZEROES if ns.info.write_zeroes => IoOp::WriteZeroes,
+                    _ => return Err(Status::INVALID_OPCODE),
+                };
+                (op, slba, nlb)
+            }
+            io::FLUSH => (IoOp::Flush, 0, 0),
+            io::DSM => return self.dsm(sqid, sqe, nsidx),
+            _ => return Err(Status::INVALID_OPCODE),
+        };
+        if slba.checked_add(nlb).is_none_or(|end| end > nlbas) {
+            return Err(Status::LBA_OUT_OF_RANGE);
+        }
+        let len = nlb << shift;
+        let mdts = self.cfg.mdts_bytes();
+        let needs_data = matches!(op, IoOp::Read | IoOp::Write { .. } | IoOp::Compare);
+        if needs_data && len > mdts {
+            return Err(Status::INVALID_FIELD);
+        }
+        if op == IoOp::Flush && !ns_flushes(ns) {
+            self.complete(sqid, sqe.cid(), Status::SUCCESS, 0);
+            return Ok(());
+        }
+        let slot = self.alloc_slot();
+        let mut iov = self
+            .slots
+            .get_mut(slot as usize)
+            .map(|s| std::mem::take(&mut s.iov))
+            .unwrap_or_default();
+        if needs_data {
+            let Some(mem) = self.mem.as_ref() else {
+                self.free_slot(slot);
+                return Err(Status::DATA_TRANSFER_ERROR);
+            };
+            let max = (mdts / PAGE_SIZE) as usize + 2;
+            let mut sink = IovSink::new(mem, &mut iov, max.max(crate::prp::MAX_SGL_DESCRIPTORS));
+            let r = match sqe.psdt() {
+                0 => walk_prp(mem, sqe.prp1(), sqe.prp2(), len, &mut sink),
+                1 | 2 => walk_sgl(mem, &sqe.sgl_bytes(), len, &mut sink),
+                _ => Err(Status::INVALID_FIELD),
+            };
+            if let Err(st) = r {
+                if let Some(s) = self.slots.get_mut(slot as usize) {
+                    s.iov = iov;
+                }
+                self.free_slot(slot);
+                return Err(st);
+            }
+        } else {
+            iov.clear();
+        }
+        let keep = self
+            .mem
+            .as_ref()
+            .map(|m| Arc::clone(m) as Arc<dyn std::any::Any + Send + Sync>);
+        if let Some(s) = self.slots.get_mut(slot as usize) {
+            s.sqid = sqid;
+            s.cid = sqe.cid();
+            s.nsidx = nsidx as u32;
+            s.pending = 1;
+            s.status = Status::SUCCESS;
+            s.is_read = op == IoOp::Read;
+            s.is_write = matches!(op, IoOp::Write { .. });
+            s.bytes = len;
+            s.live = true;
+            s.orphan = false;
+        }
+        let req = IoRequest {
+            op,
+            offset: slba << shift,
+            len,
+            iov,
+            tag: u64::from(slot),
+            keepalive: keep,
+        };
+        self.submit_to_ns(nsidx, req);
+        if let Some(sq) = self.sqs.get_mut(usize::from(sqid)).and_then(Option::as_mut) {
+            sq.inflight += 1;
+        }
+        Ok(())
+    }
+
+    fn submit_to_ns(&mut self, nsidx: usize, req: IoRequest) {
+        if let Some(ns) = self.ns.get_mut(nsidx).and_then(Option::as_mut) {
+            ns.inflight += 1;
+            if !ns.retry.is_empty() {
+                ns.retry.push_back(req);
+                return;
+            }
+            if let Err(req) = ns.chan.submit(req) {
+                self.stats.backend_busy += 1;
+                ns.retry.push_back(req);
+            }
+        }
+    }
+
+    fn flush_all(&mut self, sqid: u16, cid: u16) -> Result<(), Status> {
+        let targets: Vec<usize> = self
+            .ns
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.as_ref().is_some_and(ns_flushes))
+            .map(|(i, _)| i)
+            .collect();
+        self.multi_submit(
+            sqid,
+            cid,
+            targets
+                .into_iter()
+                .map(|i| (i, IoOp::Flush, 0, 0))
+                .collect(),
+        )
+    }
+
+    /// Submit several backend requests for one command (flush-all, DSM ranges).
+    pub(crate) fn multi_submit(
+        &mut self,
+        sqid: u16,
+        cid: u16,
+        reqs: Vec<(usize, IoOp, u64, u64)>,
+    ) -> Result<(), Status> {
+        if reqs.is_empty() {
+            self.complete(sqid, cid, Status::SUCCESS, 0);
+            return Ok(());
+        }
+        let slot = self.alloc_slot();
+        if let Some(s) = self.slots.get_mut(slot as usize) {
+            s.sqid = sqid;
+            s.cid = cid;
+            s.nsidx = u32::MAX;
+            s.pending = reqs.len() as u16;
+            s.status = Status::SUCCESS;
+            s.is_read = false;
+            s.is_write = false;
+            s.bytes = 0;
+            s.live = true;
+            s.orphan = false;
+        }
+        if let Some(sq) = self.sqs.get_mut(usize::from(sqid)).and_then(Option::as_mut) {
+            sq.inflight += 1;
+        }
+        for (nsidx, op, offset, len) in reqs {
+            let req = IoRequest {
+                op,
+                offset,
+                len,
+                iov: Vec::new(),
+                tag: u64::from(slot),
+                keepalive: None,
+            };
+            self.submit_to_ns(nsidx, req);
+        }
+        Ok(())
+    }
+
+    fn reap(&mut self) -> usize {
+        let mut n = 0;
+        let mut buf = std::mem::take(&mut self.completions_buf);
+        for ns in self.ns.iter_mut().flatten() {
+            while let Some(req) = ns.retry.pop_front() {
+                if let Err(req) = ns.chan.submit(req) {
+                    ns.retry.push_front(req);
+                    break;
+                }
+            }
+            if ns.inflight == 0 {
+                continue;
+            }
+            ns.chan.poll(&mut |c| buf.push(c));
+            ns.inflight = ns.inflight.saturating_sub(buf.len() as u32 - n as u32);
+            n = buf.len();
+        }
+        for c in buf.drain(..) {
+            self.io_done(c);
+        }
+        self.completions_buf = buf;
+        n
+    }
+
+    fn io_done(&mut self, c: IoCompletion) {
+        let IoCompletion { mut req, result } = c;
+        let idx = req.tag as u32;
+        req.iov.clear();
+        let Some(s) = self.slots.get_mut(idx as usize) else {
+            return;
+        };
+        if !s.live {
+            return;
+        }
+        if s.iov.capacity() < req.iov.capacity() {
+            s.iov = std::mem::take(&mut req.iov);
+        }
+        drop(req);
+        let st = match result {
+            IoResult::Ok => Status::SUCCESS,
+            IoResult::ReadError => Status::UNRECOVERED_READ_ERROR,
+            IoResult::WriteError => Status::WRITE_FAULT,
+            IoResult::CompareMismatch => Status::COMPARE_FAILURE,
+            IoResult::Unsupported => Status::INVALID_OPCODE,
+            IoResult::Internal => Status::INTERNAL_ERROR,
+        };
+        if !st.is_success() && s.status.is_success() {
+            s.status = st;
+        }
+        s.pending = s.pending.saturating_sub(1);
+        if s.pending > 0 {
+            return;
+        }
+        let (sqid, cid, status, orphan) = (s.sqid, s.cid, s.status, s.orphan);
+        let (is_read, is_write, bytes) = (s.is_read, s.is_write, s.bytes);
+        self.free_slot(idx);
+        if orphan {
+            return;
+        }
+        if status.is_success() {
+            if is_read {
+                self.smart.read_cmds += 1;
+                self.smart.bytes_read += bytes;
+            } else if is_write {
+                self.smart.write_cmds += 1;
+                self.smart.bytes_written += bytes;
+            }
+        } else if status.sct() == 2 {
+            self.smart.media_errors += 1;
+        }
+        let deleting = match self.sqs.get_mut(usize::from(sqid)).and_then(Option::as_mut) {
+            Some(sq) => {
+                sq.inflight = sq.inflight.saturating_sub(1);
+                sq.deleting.is_some()
+            }
+            None => return,
+        };
+        if deleting {
+            // Commands of an SQ being deleted complete silently (spec: may not be posted).
+            self.unreserve(sqid);
+            return;
+        }
+        self.complete(sqid, cid, status, 0);
+    }
+
+    fn finish_deletes(&mut self) {
+        let mut done = Vec::new();
+        for (qid, sq) in self.sqs.iter().enumerate() {
+            if let Some(sq) = sq {
+                if let (Some(cid), 0) = (sq.deleting, sq.inflight) {
+                    done.push((qid as u16, cid));
+                }
+            }
+        }
+        for (qid, cid) in done {
+            self.remove_sq(qid);
+            self.complete_unreserved(0, cid, Status::SUCCESS, 0);
+        }
+    }
+
+    // ----- async events & error log -----------------------------------------------------
+
+    pub(crate) fn raise_event(&mut self, kind: u8, info: u8, lid: u8) {
+        let masked = match kind {
+            aen::TYPE_NOTICE => self.aer.notice_masked,
+            aen::TYPE_ERROR => self.aer.error_masked,
+            _ => false,
+        };
+        if masked {
+            return;
+        }
+        let dw0 = u32::from(kind) | u32::from(info) << 8 | u32::from(lid) << 16;
+        if !self.aer.pending.contains(&dw0) {
+            self.aer.pending.push_back(dw0);
+        }
+        self.deliver_events();
+    }
+
+    pub(crate) fn deliver_events(&mut self) {
+        while !self.aer.cids.is_empty() && !self.aer.pending.is_empty() {
+            let (Some(cid), Some(dw0)) = (self.aer.cids.pop(), self.aer.pending.pop_front()) else {
+                break;
+            };
+            match (dw0 & 7) as u8 {
+                aen::TYPE_NOTICE => self.aer.notice_masked = true,
+                aen::TYPE_ERROR => self.aer.error_masked = true,
+                _ => {}
+            }
+            self.complete_unreserved(0, cid, Status::SUCCESS, dw0);
+        }
+    }
+
+    fn log_error(&mut self, sqid: u16, cid: u16, status: Status) {
+        self.smart.error_count += 1;
+        let mut e = [0u8; 64];
+        e[0..8].copy_from_slice(&self.smart.error_count.to_le_bytes());
+        e[8..10].copy_from_slice(&sqid.to_le_bytes());
+        e[10..12].copy_from_slice(&cid.to_le_bytes());
+        e[12..14].copy_from_slice(&(status.0 << 1).to_le_bytes());
+        e[14..16].copy_from_slice(&0xffffu16.to_le_bytes());
+        if self.error_log.len() >= ERROR_LOG_ENTRIES {
+            self.error_log.pop_back();
+        }
+        self.error_log.push_front(e);
+    }
+}
+
+fn ns_flushes(ns: &Namespace) -> bool {
+    ns.info.flush
+}
+
+fn new_cq(size: u16, gpa: u64, ring: Option<Ring>, ien: bool, iv: u16) -> Cq {
+    Cq {
+        size,
+        gpa,
+        ring,
+        tail: 0,
+        head: 0,
+        phase: true,
+        ien,
+        iv,
+        reserved: 0,
+        sq_refs: 0,
+        irq_pending: false,
+        unsignalled: 0,
+        first_unsignalled: None,
+        db_error: false,
+    }
+}
+
+/// Serve a BAR0 read from the mirrors (endpoint thread, no round trip).
+pub fn bar0_read(shared: &Shared, off: u64, data: &mut [u8]) -> Result<(), BarError> {
+    check_bar0_access(off, data.len())?;
+    if off >= reg::DOORBELL_BASE {
+        return Err(BarError::WriteOnly);
+    }
+    for (i, c) in data.chunks_exact_mut(4).enumerate() {
+        c.copy_from_slice(&shared.read_reg32(off + (i as u64) * 4).to_le_bytes());
+    }
+    Ok(())
+}
+
+/// Store a trapped doorbell write into the doorbell page (access already validated).
+pub fn store_doorbell(shared: &Shared, off: u64, data: &[u8]) {
+    let idx = ((off - reg::DOORBELL_BASE) / 4) as usize;
+    let mut b = [0u8; 4];
+    b.copy_from_slice(data.get(..4).unwrap_or(&[0; 4]));
+    shared.doorbells.store(idx, u32::from_le_bytes(b));
+}
