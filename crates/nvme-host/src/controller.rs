@@ -16,7 +16,7 @@ use crate::identify::{parse_ns_list, IdentifyController, IdentifyNamespace};
 use crate::queue::{DataPtr, Doorbells, QueuePair, Shadow, SharedTransport, DOORBELL_BASE};
 use crate::regs::{self, Cap};
 use crate::transport::{
-    RustVmmTransport, Transport, BAR0_REGION, CONFIG_REGION, IRQ_SET_ACTION_TRIGGER,
+    RustVmmTransport, Transport, VfuTransport, BAR0_REGION, CONFIG_REGION, IRQ_SET_ACTION_TRIGGER,
     IRQ_SET_DATA_EVENTFD, IRQ_SET_DATA_NONE, MSIX_IRQ,
 };
 
@@ -85,8 +85,14 @@ fn lock(t: &SharedTransport) -> Result<std::sync::MutexGuard<'_, Box<dyn Transpo
 }
 
 impl Controller {
-    /// Connects with rust-vmm's `vfio_user` client and brings the controller up.
+    /// Connects with Sluice's `vfu-client` and brings the controller up.
     pub fn connect(path: &Path, opts: ControllerOptions) -> Result<Self, Error> {
+        let t = VfuTransport::connect(path)?;
+        Self::new(Box::new(t), opts)
+    }
+
+    /// Connects with rust-vmm's `vfio_user` client and brings the controller up.
+    pub fn connect_rust_vmm(path: &Path, opts: ControllerOptions) -> Result<Self, Error> {
         let t = RustVmmTransport::connect(path)?;
         Self::new(Box::new(t), opts)
     }
@@ -163,10 +169,9 @@ impl Controller {
             if off <= DOORBELL_BASE && end >= need_end {
                 let len = usize::try_from(size)
                     .map_err(|_| Error::InvalidArgument("sparse area size"))?;
-                let start = m
-                    .file_offset
-                    .checked_add(off)
-                    .ok_or(Error::InvalidArgument("sparse area offset"))?;
+                // Like C clients, the mmap offset is region.offset + area.offset modulo
+                // 2^64 (a server may place region offset 0 "before" the file start).
+                let start = m.file_offset.wrapping_add(off);
                 let map = MmapRegion::from_file(FileOffset::from_arc(m.file.clone(), start), len)
                     .map_err(|e| {
                     Error::Transport(TransportError::Request {

@@ -31,5 +31,5 @@ pub use identify::{IdentifyController, IdentifyNamespace};
 pub use identify_tool::{identify_main, IdentifyArgs};
 pub use perf::{perf_main, PerfArgs};
 pub use queue::{DataPtr, QueuePair};
-pub use transport::{RustVmmTransport, Transport};
+pub use transport::{RustVmmTransport, Transport, VfuTransport};
 pub use trid::TransportId;

@@ -1,6 +1,6 @@
 //! The vfio-user operations the driver needs, behind a small trait so the driver works over
-//! any client library: Sluice's `vfu-client` or rust-vmm's `vfio_user::Client`
-//! ([`RustVmmTransport`]).
+//! any client library: Sluice's `vfu-client` ([`VfuTransport`], the default) or rust-vmm's
+//! `vfio_user::Client` ([`RustVmmTransport`]).
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -184,5 +184,139 @@ impl Transport for RustVmmTransport {
 impl Drop for RustVmmTransport {
     fn drop(&mut self) {
         let _ = self.client.shutdown();
+    }
+}
+
+/// [`Transport`] over Sluice's `vfu_client::Client` (checks every reply, errno-precise).
+pub struct VfuTransport {
+    client: vfu_client::Client,
+    regions: Vec<(u64, Option<RegionMmap>)>,
+}
+
+impl std::fmt::Debug for VfuTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VfuTransport")
+            .field("regions", &self.regions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn vreq(what: &'static str) -> impl FnOnce(vfu_client::ClientError) -> TransportError {
+    move |e| TransportError::Request {
+        what,
+        source: Box::new(e),
+    }
+}
+
+impl VfuTransport {
+    /// Connects to the socket at `path`, negotiates and reads every region's info.
+    pub fn connect(path: &Path) -> Result<Self, TransportError> {
+        let client = vfu_client::Client::connect(path, vfu_client::ClientOptions::default())
+            .map_err(|e| TransportError::Connect {
+                path: path.to_path_buf(),
+                source: Box::new(e),
+            })?;
+        Self::from_client(client)
+    }
+
+    /// Wraps an already negotiated client.
+    pub fn from_client(client: vfu_client::Client) -> Result<Self, TransportError> {
+        let info = client.device_info().map_err(vreq("DEVICE_GET_INFO"))?;
+        let n = info.num_regions.min(64);
+        let mut regions = Vec::new();
+        for i in 0..n {
+            let d = client
+                .region_info(i)
+                .map_err(vreq("DEVICE_GET_REGION_INFO"))?;
+            let mmap = d.fd.map(|fd| RegionMmap {
+                file: Arc::new(File::from(fd)),
+                file_offset: d.info.offset,
+                areas: d.areas.iter().map(|a| (a.offset, a.size)).collect(),
+            });
+            regions.push((d.info.size, mmap));
+        }
+        Ok(Self { client, regions })
+    }
+
+    /// The underlying client.
+    pub fn client(&self) -> &vfu_client::Client {
+        &self.client
+    }
+}
+
+impl Transport for VfuTransport {
+    fn region_read(
+        &mut self,
+        index: u32,
+        offset: u64,
+        data: &mut [u8],
+    ) -> Result<(), TransportError> {
+        self.client
+            .region_read(index, offset, data)
+            .map_err(vreq("REGION_READ"))
+    }
+
+    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), TransportError> {
+        self.client
+            .region_write(index, offset, data)
+            .map_err(vreq("REGION_WRITE"))
+    }
+
+    fn region_size(&self, index: u32) -> Option<u64> {
+        self.regions.get(index as usize).map(|r| r.0)
+    }
+
+    fn region_mmap(&self, index: u32) -> Option<RegionMmap> {
+        self.regions.get(index as usize).and_then(|r| r.1.clone())
+    }
+
+    fn dma_map(
+        &mut self,
+        iova: u64,
+        size: u64,
+        fd: BorrowedFd<'_>,
+        offset: u64,
+    ) -> Result<(), TransportError> {
+        let flags = vfu_client::proto::DMA_FLAG_READ | vfu_client::proto::DMA_FLAG_WRITE;
+        self.client
+            .dma_map_raw(flags, offset, iova, size, Some(fd))
+            .map_err(vreq("DMA_MAP"))
+    }
+
+    fn dma_unmap(&mut self, iova: u64, size: u64) -> Result<(), TransportError> {
+        self.client
+            .dma_unmap(iova, size)
+            .map(|_| ())
+            .map_err(vreq("DMA_UNMAP"))
+    }
+
+    fn irq_count(&mut self, index: u32) -> Result<u32, TransportError> {
+        self.client
+            .irq_info(index)
+            .map(|i| i.count)
+            .map_err(vreq("DEVICE_GET_IRQ_INFO"))
+    }
+
+    fn set_irqs(
+        &mut self,
+        index: u32,
+        flags: u32,
+        start: u32,
+        count: u32,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), TransportError> {
+        if flags & IRQ_SET_DATA_EVENTFD != 0 && !fds.is_empty() {
+            return self
+                .client
+                .set_irq_eventfds(index, start, fds)
+                .map_err(vreq("DEVICE_SET_IRQS"));
+        }
+        self.client
+            .set_irqs(index, flags, start, count, fds)
+            .map_err(vreq("DEVICE_SET_IRQS"))
+    }
+
+    fn device_reset(&mut self) -> Result<(), TransportError> {
+        self.client.reset().map_err(vreq("DEVICE_RESET"))
     }
 }
