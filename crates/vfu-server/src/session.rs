@@ -251,12 +251,7 @@ impl<D: Device + ?Sized> Session<'_, D> {
         }
     }
 
-    fn version(
-        &mut self,
-        hdr: &Header,
-        fds: &mut Vec<OwnedFd>,
-        body: &[u8],
-    ) -> Result<Flow, Errno> {
+    fn version(&mut self, hdr: &Header, fds: &[OwnedFd], body: &[u8]) -> Result<Flow, Errno> {
         if !fds.is_empty() {
             return Err(Errno::INVAL);
         }
