@@ -69,8 +69,10 @@ pub struct HostQueue {
     pub sq: u64,
     /// CQ guest address.
     pub cq: u64,
-    /// Entries.
+    /// SQ entries.
     pub size: u16,
+    /// CQ entries.
+    pub cq_size: u16,
     /// Next SQ slot to fill.
     pub sq_tail: u16,
     /// Next CQ slot to consume.
@@ -194,6 +196,7 @@ impl FakeHost {
                 sq,
                 cq,
                 size: aq_size,
+                cq_size: aq_size,
                 sq_tail: 0,
                 cq_head: 0,
                 phase: true,
@@ -261,7 +264,7 @@ impl FakeHost {
             cid: dw3 as u16,
             status: Status::from_cqe_dw3(dw3),
         };
-        let size = q.size;
+        let size = q.cq_size;
         let (mut head, mut phase) = (q.cq_head + 1, q.phase);
         if head == size {
             head = 0;
@@ -313,6 +316,7 @@ impl FakeHost {
                     sq: 0,
                     cq,
                     size,
+                    cq_size: size,
                     sq_tail: 0,
                     cq_head: 0,
                     phase: true,
@@ -332,27 +336,26 @@ impl FakeHost {
         s.dw[11] = 1 | u32::from(cqid) << 16;
         let c = self.admin(t, s)?;
         if c.status.is_success() {
-            let cq = self
+            let cqinfo = self
                 .queues
-                .get(usize::from(cqid))
-                .and_then(Option::as_ref)
-                .map(|q| (q.cq, q.size));
-            if let (Some(q), Some((cq, cq_size))) = (self.queues.get_mut(usize::from(qid)), cq) {
-                let (head, phase) = match q {
-                    Some(old) if old.cqid == cqid => (old.cq_head, old.phase),
-                    _ => (0, true),
-                };
-                let _ = cq_size;
-                *q = Some(HostQueue {
-                    qid,
-                    sq,
-                    cq,
-                    size,
-                    sq_tail: 0,
-                    cq_head: head,
-                    phase,
-                    cqid,
-                });
+                .iter()
+                .flatten()
+                .find(|o| o.cqid == cqid)
+                .map(|o| (o.cq, o.cq_size, o.cq_head, o.phase));
+            if let Some((cq, cq_size, head, phase)) = cqinfo {
+                if let Some(q) = self.queues.get_mut(usize::from(qid)) {
+                    *q = Some(HostQueue {
+                        qid,
+                        sq,
+                        cq,
+                        size,
+                        cq_size,
+                        sq_tail: 0,
+                        cq_head: head,
+                        phase,
+                        cqid,
+                    });
+                }
             }
         }
         Some(c)
