@@ -19,7 +19,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use vfio_bindings_07::bindings::vfio::{vfio_region_info, vfio_region_sparse_mmap_area};
+use vfio_bindings::bindings::vfio::{vfio_region_info, vfio_region_sparse_mmap_area};
 use vfu_client::{Client, ClientOptions, DmaBuffer};
 use vfu_server::proto::*;
 
