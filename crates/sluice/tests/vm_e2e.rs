@@ -165,6 +165,17 @@ fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+fn daemon_log_tail(log: Option<&Path>) -> String {
+    log.map(|l| {
+        format!(
+            "\nsluice log ({}), last lines:\n{}",
+            l.display(),
+            tail(&fs::read_to_string(l).unwrap_or_default(), 25)
+        )
+    })
+    .unwrap_or_default()
+}
+
 fn tail(text: &str, lines: usize) -> String {
     let v: Vec<&str> = text.lines().collect();
     v[v.len().saturating_sub(lines)..].join("\n")
@@ -192,10 +203,7 @@ impl Daemon {
             .arg("--empty")
             .arg(SERVE_RPC_SOCKET_OPT)
             .arg(&rpc_sock)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -235,7 +243,11 @@ impl Daemon {
             .arg("rpc")
             .arg(RPC_SOCKET_OPT)
             .arg(&self.rpc_sock)
-            .args(args)
+            .args(args.first())
+            // "--": method options such as `-t VFIOUSER` must not be taken for the rpc
+            // command's own `-t <timeout>` (clap stops option parsing at "--").
+            .arg("--")
+            .args(args.get(1..).unwrap_or_default())
             .stdin(Stdio::null())
             .output()
             .map_err(|e| format!("cannot run sluice rpc: {e}"))?;
@@ -359,6 +371,8 @@ struct VmSpec<'a> {
     vfio_user: Vec<&'a Path>,
     nvme_img: Vec<&'a Path>,
     mem_mib: Option<u32>,
+    /// The daemon's log, quoted in failure messages.
+    daemon_log: Option<&'a Path>,
 }
 
 /// Result of a guest run.
@@ -368,6 +382,7 @@ struct VmOutcome {
     console: String,
     console_path: PathBuf,
     timed_out: bool,
+    daemon_log: Option<PathBuf>,
 }
 
 impl VmOutcome {
@@ -378,8 +393,14 @@ impl VmOutcome {
             .collect()
     }
 
-    /// Panics with the guest's own failure reasons unless its script exited 0.
+    /// Panics with the guest's own failure reasons (and the daemon's log tail, if any)
+    /// unless its script exited 0.
     fn assert_ok(&self, what: &str) {
+        let ctx = daemon_log_tail(self.daemon_log.as_deref());
+        self.assert_ok_ctx(what, &ctx);
+    }
+
+    fn assert_ok_ctx(&self, what: &str, ctx: &str) {
         if self.rc == Some(0) {
             return;
         }
@@ -391,7 +412,7 @@ impl VmOutcome {
             "the guest never reported SLUICE_RC (boot or device failure)".to_string()
         };
         panic!(
-            "{what}: {why}\nguest failures: {:?}\nconsole ({}), last lines:\n{}",
+            "{what}: {why}\nguest failures: {:?}\nconsole ({}), last lines:\n{}{ctx}",
             self.failures(),
             self.console_path.display(),
             tail(&self.console, 40)
@@ -416,6 +437,7 @@ struct Vm {
     console_path: PathBuf,
     readers: Vec<JoinHandle<()>>,
     started: Instant,
+    daemon_log: Option<PathBuf>,
 }
 
 fn spawn_reader(src: impl Read + Send + 'static, tx: Sender<String>) -> JoinHandle<()> {
@@ -478,6 +500,7 @@ impl Vm {
             console_path,
             readers,
             started: Instant::now(),
+            daemon_log: spec.daemon_log.map(Path::to_path_buf),
         }
     }
 
@@ -527,7 +550,7 @@ impl Vm {
     /// Same as `wait_marker`, panicking on error.
     fn expect_marker(&mut self, marker: &str, timeout: Duration) -> String {
         self.wait_marker(marker, timeout)
-            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("{e}{}", daemon_log_tail(self.daemon_log.as_deref())))
     }
 
     /// Reads the console until QEMU exits (or VM_TIMEOUT from boot), then reaps it.
@@ -576,6 +599,7 @@ impl Vm {
             console: std::mem::take(&mut self.console),
             console_path: self.console_path.clone(),
             timed_out,
+            daemon_log: self.daemon_log.clone(),
         }
     }
 
@@ -818,6 +842,7 @@ fn vm_01_discovery() {
         &discovery_params(&c.serial, MODEL, (64 << 20) / 512),
         VmSpec {
             vfio_user: vec![&c.socket],
+            daemon_log: Some(&d.log),
             ..VmSpec::default()
         },
     );
@@ -859,6 +884,7 @@ fn vm_02_fio_verify_ram_and_file() {
         ],
         VmSpec {
             vfio_user: vec![&c.socket],
+            daemon_log: Some(&d.log),
             ..VmSpec::default()
         },
     );
@@ -893,6 +919,7 @@ fn vm_03_ext4_persists_across_vm_restart() {
     let params = [("SN", c.serial.clone())];
     let vfio = VmSpec {
         vfio_user: vec![&c.socket],
+        daemon_log: Some(&d.log),
         ..VmSpec::default()
     };
     let sums = ext4_write("vm_03_write", &s.sub("share1"), &params, vfio);
@@ -905,6 +932,7 @@ fn vm_03_ext4_persists_across_vm_restart() {
         &params,
         VmSpec {
             vfio_user: vec![&c.socket],
+            daemon_log: Some(&d.log),
             ..VmSpec::default()
         },
     );
@@ -932,6 +960,7 @@ fn vm_04_hotplug_namespace() {
         &VmSpec {
             share: Some(&share),
             vfio_user: vec![&c.socket],
+            daemon_log: Some(&d.log),
             ..VmSpec::default()
         },
     );
@@ -972,6 +1001,7 @@ fn vm_05_kill_qemu_mid_fio_then_reattach() {
         &[("SN", c.serial.clone())],
         VmSpec {
             vfio_user: vec![&c.socket],
+            daemon_log: Some(&d.log),
             ..VmSpec::default()
         },
     );
@@ -996,6 +1026,7 @@ fn vm_05_kill_qemu_mid_fio_then_reattach() {
         &[("SN", c.serial.clone()), ("BLOCKS", blocks.join(" "))],
         VmSpec {
             vfio_user: vec![&c.socket],
+            daemon_log: Some(&d.log),
             ..VmSpec::default()
         },
     );
@@ -1029,6 +1060,7 @@ fn vm_06_two_vms_two_controllers() {
                 share: Some(&share),
                 vfio_user: vec![&c.socket],
                 mem_mib: Some(768),
+                daemon_log: Some(&d.log),
                 ..VmSpec::default()
             },
         ));
@@ -1062,6 +1094,7 @@ fn vm_07_shadow_doorbells_and_trapped_bar0() {
             &params(&c),
             VmSpec {
                 vfio_user: vec![&c.socket],
+                daemon_log: Some(&d.log),
                 ..VmSpec::default()
             },
         )
@@ -1093,6 +1126,7 @@ fn vm_07_shadow_doorbells_and_trapped_bar0() {
         &params(&c),
         VmSpec {
             vfio_user: vec![&c.socket],
+            daemon_log: Some(&d.log),
             ..VmSpec::default()
         },
     )
@@ -1122,6 +1156,7 @@ fn vm_08_baseline_against_qemu_nvme() {
         VmSpec {
             vfio_user: vec![&c.socket],
             nvme_img: vec![&img],
+            daemon_log: Some(&d.log),
             ..VmSpec::default()
         },
     );
