@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 echo "vm-test: accelerator $(scripts/vm-rig/qemu.sh --print-accel), rig ${SLUICE_VM_RIG:-/var/cache/sluice-vm-rig}"
-exec cargo test -p sluice --release --locked --test vm_e2e -- --test-threads=1 "$@"
+exec cargo test -p sluice --release --locked --test vm_e2e -- --include-ignored --test-threads=1 "$@"
