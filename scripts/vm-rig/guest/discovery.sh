@@ -1,5 +1,7 @@
 # Test 1 (discovery). Params: SN MN FR (expected identify strings), NSZE_BLOCKS (namespace
-# size in logical blocks), LBA_SIZE (bytes), MSIX=1 to require MSI-X, MIN_IOQ (min blk-mq queues).
+# size in logical blocks), LBA_SIZE (bytes), MSIX=1 to require MSI-X, MIN_IOQ (min blk-mq queues),
+# DBBUF=1|0 to require that Doorbell Buffer Config (shadow doorbells, OACS bit 8) is / is not
+# offered (unset: not checked).
 . /share/lib.sh
 . "${PARAMS:-/share/params.sh}"
 
@@ -17,6 +19,12 @@ mn=$(field mn)
 fr=$(field fr)
 echo "SLUICE_IDCTRL sn='$sn' mn='$mn' fr='$fr'"
 [ "$sn" = "$SN" ] || fail "id-ctrl sn is '$sn', expected '$SN'"
+oacs=$(field oacs)
+echo "SLUICE_OACS oacs=$oacs dbbuf=$(((oacs >> 8) & 1))"
+case "${DBBUF:-}" in
+    1) [ $(((oacs >> 8) & 1)) = 1 ] || fail "shadow doorbells (Doorbell Buffer Config, OACS bit 8) not offered: oacs=$oacs" ;;
+    0) [ $(((oacs >> 8) & 1)) = 0 ] || fail "shadow doorbells offered although disabled: oacs=$oacs" ;;
+esac
 [ -z "$MN" ] || [ "$mn" = "$MN" ] || fail "id-ctrl mn is '$mn', expected '$MN'"
 if [ -n "$FR" ]; then [ "$fr" = "$FR" ] || fail "id-ctrl fr is '$fr', expected '$FR'"; else [ -n "$fr" ] || fail "id-ctrl fr (firmware revision) is empty"; fi
 

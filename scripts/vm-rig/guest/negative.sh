@@ -10,6 +10,8 @@ expect_fail wrong-firmware discovery.sh "FR=0.0.0"
 expect_fail wrong-size discovery.sh "NSZE_BLOCKS=12345"
 expect_fail wrong-lba-size discovery.sh "LBA_SIZE=4096"
 expect_fail too-few-queues discovery.sh "MIN_IOQ=64"
+oacs=$(nvme id-ctrl "/dev/$(ctrl_by_serial "$SN")" | awk -F': ' '$1 ~ /^oacs / { print $2 }')
+expect_fail wrong-dbbuf discovery.sh "DBBUF=$((1 - ((oacs >> 8) & 1)))"
 dd if=/dev/urandom of=/tmp/b0 bs=65536 count=1 2>/dev/null
 dev=$(wait_ns "$SN" 1 5) || exit 1
 dd if=/tmp/b0 of="$dev" bs=65536 seek=0 count=1 conv=fsync,notrunc oflag=direct 2>/dev/null || fail "write failed"
