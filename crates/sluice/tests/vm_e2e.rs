@@ -47,7 +47,12 @@ const RPC_SOCKET_OPT: &str = "-s";
 /// Model number given to every subsystem (`nvmf_create_subsystem -d`).
 const MODEL: &str = "Sluice VM Test Ctrl";
 /// Hard limit for one guest run (boot + script); QEMU's own `timeout` is a bit longer.
-const VM_TIMEOUT: Duration = Duration::from_secs(240);
+const VM_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long a guest may take to power off after it printed `SLUICE_RC` before it is killed
+/// (a wedged controller can hold the kernel's shutdown path for a minute).
+const POWEROFF_GRACE: Duration = Duration::from_secs(15);
+/// Guest kernel arguments: a broken controller fails in seconds, not in the default minute.
+const GUEST_APPEND: &str = "nvme_core.admin_timeout=20 nvme_core.io_timeout=20";
 
 // ------------------------------------------------------------------------------------------
 // Rig and scratch space
@@ -481,6 +486,7 @@ impl Vm {
         for i in &spec.nvme_img {
             cmd.arg("--nvme-img").arg(i);
         }
+        cmd.arg("--append").arg(GUEST_APPEND);
         if let Some(m) = spec.mem_mib {
             cmd.arg("--mem").arg(m.to_string());
         }
@@ -561,10 +567,17 @@ impl Vm {
     /// Reads the console until QEMU exits (or VM_TIMEOUT from boot), then reaps it.
     fn finish(mut self) -> VmOutcome {
         let mut timed_out = false;
+        let mut deadline = self.started + VM_TIMEOUT;
         loop {
-            let left = (self.started + VM_TIMEOUT).saturating_duration_since(Instant::now());
+            let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
-                Ok(line) => self.record(&line),
+                Ok(line) => {
+                    if line.contains("SLUICE_RC=") {
+                        deadline = deadline.min(Instant::now() + POWEROFF_GRACE);
+                    }
+                    self.record(&line);
+                }
+                Err(RecvTimeoutError::Timeout) if self.console.contains("SLUICE_RC=") => break,
                 Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {
                     timed_out = true;
