@@ -34,18 +34,10 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Measure I/O performance against a vfio-user NVMe controller.
-    Perf {
-        /// Arguments (see the nvme-host crate).
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
-    /// Print Identify data of a vfio-user NVMe controller.
-    Identify {
-        /// Arguments (see the nvme-host crate).
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
+    /// Measure I/O performance against a vfio-user NVMe controller (like spdk_nvme_perf).
+    Perf(sluice_nvme_host::PerfArgs),
+    /// Print Identify data of a vfio-user NVMe controller (like spdk_nvme_identify).
+    Identify(sluice_nvme_host::IdentifyArgs),
 }
 
 fn main() -> ExitCode {
@@ -87,11 +79,19 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Perf { .. } | Cmd::Identify { .. } => {
-            eprintln!(
-                "sluice: perf/identify are not available in this build yet (the NVMe host driver, crate sluice-nvme-host, is not wired)"
-            );
-            ExitCode::FAILURE
-        }
+        Cmd::Perf(args) => match sluice_nvme_host::perf_main(args) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice perf: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Identify(args) => match sluice_nvme_host::identify_main(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice identify: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
