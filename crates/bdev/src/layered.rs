@@ -263,8 +263,8 @@ mod tests {
         while n < 50 {
             n += ch.poll(&mut |c| assert!(c.result.is_ok()));
         }
-        // 50 I/Os at 1000/s with a 10-I/O burst: at least ~35 ms.
-        assert!(start.elapsed().as_millis() >= 30);
+        // 50 I/Os at 1000/s, starting without burst: at least ~49 ms.
+        assert!(start.elapsed().as_millis() >= 40);
         assert_eq!(ch.in_flight(), 0);
     }
 }

@@ -427,6 +427,27 @@ pub enum IoError {
 }
 
 impl IoError {
+    /// The NVMe status this error should complete with: `(status code type, status code)`
+    /// (NVMe base spec 2.0, Figures 100-105). `sluice-nvme` owns the final choice; this is
+    /// the suggested mapping.
+    pub fn nvme_status(&self) -> (u8, u8) {
+        const GENERIC: u8 = 0;
+        const MEDIA: u8 = 2;
+        match self {
+            IoError::MediaRead => (MEDIA, 0x81),  // Unrecovered Read Error
+            IoError::MediaWrite => (MEDIA, 0x80), // Write Fault
+            IoError::CompareMismatch => (MEDIA, 0x85), // Compare Failure
+            IoError::ReadOnly => (MEDIA, 0x82),   // Attempted Write to Read Only Range
+            IoError::Invalid => (GENERIC, 0x02),  // Invalid Field in Command
+            IoError::Unsupported => (GENERIC, 0x01), // Invalid Command Opcode
+            IoError::OutOfRange => (GENERIC, 0x80), // LBA Out of Range
+            IoError::NoSpace => (GENERIC, 0x81),  // Capacity Exceeded
+            IoError::Internal => (GENERIC, 0x06), // Internal Error
+            IoError::Timeout | IoError::Transport => (GENERIC, 0x22), // Transient Transport Error
+            IoError::Aborted => (GENERIC, 0x07),  // Command Abort Requested
+        }
+    }
+
     /// Map an OS errno from a read/write into a kind.
     pub fn from_errno(errno: i32, op: IoOp) -> Self {
         match errno {
