@@ -20,18 +20,11 @@ struct Cli {
 enum Cmd {
     /// Run the target daemon (like SPDK's nvmf_tgt).
     Serve(sluice::serve::ServeArgs),
-    /// Call a JSON-RPC method (like SPDK's scripts/rpc.py).
+    /// Call a JSON-RPC method (like SPDK's scripts/rpc.py):
+    /// `sluice rpc [-s SOCKET] [-t TIMEOUT] METHOD ARGS...` (also save_config, load_config).
     Rpc {
-        /// RPC socket of the daemon.
-        #[arg(short = 's', long = "server", default_value = sluice::client::DEFAULT_SOCKET)]
-        socket: String,
-        /// Timeout in seconds for each call.
-        #[arg(short = 't', long = "timeout", default_value_t = 60.0)]
-        timeout: f64,
-        /// Method name, then its rpc.py-style arguments (save_config and load_config too).
-        method: String,
-        /// Method arguments.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        /// [-s SOCKET] [-t TIMEOUT_SECONDS] METHOD [ARGS...]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 1..)]
         args: Vec<String>,
     },
     /// Measure I/O performance against a vfio-user NVMe controller (like spdk_nvme_perf).
@@ -50,35 +43,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::Rpc {
-            socket,
-            timeout,
-            method,
-            args,
-        } => {
-            if !sluice::client::is_unix_path(&socket) {
-                eprintln!("sluice rpc: -s must be a Unix socket path (got '{socket}')");
-                return ExitCode::FAILURE;
-            }
-            let timeout = if timeout.is_finite() && timeout > 0.0 {
-                Duration::from_secs_f64(timeout.min(86_400.0))
-            } else {
-                eprintln!("sluice rpc: invalid timeout");
-                return ExitCode::FAILURE;
-            };
-            let opts = sluice::client::RpcOptions { socket, timeout };
-            match sluice::client::run(&opts, &method, &args) {
-                Ok(Some(text)) => {
-                    println!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Ok(None) => ExitCode::SUCCESS,
-                Err(e) => {
-                    sluice::client::report_error(&e);
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Cmd::Rpc { args } => rpc_main(&args),
         Cmd::Perf(args) => match sluice_nvme_host::perf_main(args) {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => {
@@ -93,5 +58,66 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// `sluice rpc`: global options before the method (like rpc.py), the rest is the method's.
+fn rpc_main(args: &[String]) -> ExitCode {
+    let mut socket = sluice::client::DEFAULT_SOCKET.to_owned();
+    let mut timeout = 60.0f64;
+    let mut i = 0usize;
+    let usage = "usage: sluice rpc [-s SOCKET] [-t TIMEOUT] METHOD [ARGS...]";
+    while let Some(a) = args.get(i) {
+        match a.as_str() {
+            "-s" | "--server" => {
+                let Some(v) = args.get(i + 1) else {
+                    eprintln!("{usage}");
+                    return ExitCode::FAILURE;
+                };
+                socket = v.clone();
+                i += 2;
+            }
+            "-t" | "--timeout" => {
+                let Some(v) = args.get(i + 1).and_then(|v| v.parse::<f64>().ok()) else {
+                    eprintln!("sluice rpc: -t expects a number of seconds\n{usage}");
+                    return ExitCode::FAILURE;
+                };
+                timeout = v;
+                i += 2;
+            }
+            "-h" | "--help" => {
+                println!("{usage}\nmethods: {}", sluice::client::known_methods().join(", "));
+                return ExitCode::SUCCESS;
+            }
+            _ => break,
+        }
+    }
+    let Some(method) = args.get(i) else {
+        eprintln!("{usage}");
+        return ExitCode::FAILURE;
+    };
+    let rest = args.get(i + 1..).unwrap_or(&[]);
+    if !sluice::client::is_unix_path(&socket) {
+        eprintln!("sluice rpc: -s must be a Unix socket path (got '{socket}')");
+        return ExitCode::FAILURE;
+    }
+    if !(timeout.is_finite() && timeout > 0.0) {
+        eprintln!("sluice rpc: invalid timeout");
+        return ExitCode::FAILURE;
+    }
+    let opts = sluice::client::RpcOptions {
+        socket,
+        timeout: Duration::from_secs_f64(timeout.min(86_400.0)),
+    };
+    match sluice::client::run(&opts, method, rest) {
+        Ok(Some(text)) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
+        Err(e) => {
+            sluice::client::report_error(&e);
+            ExitCode::FAILURE
+        }
     }
 }
