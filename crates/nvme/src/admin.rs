@@ -4,11 +4,11 @@
 
 use tracing::debug;
 
-use crate::backend::IoOp;
 use crate::ctrl::{Controller, ShadowDb, AER_LIMIT, ERROR_LOG_ENTRIES, MSIX_VECTORS};
 use crate::prp::{copy_from_guest, copy_to_guest, walk_prp, Seg, PAGE_SIZE};
 use crate::spec::{admin, feat, io, log, Sqe, Status};
 use crate::sys::Ring;
+use sluice_bdev::IoOp;
 
 /// Result of an admin command: `Ok(Some(dw0))` completes now, `Ok(None)` completes later.
 type AdminResult = Result<Option<u32>, Status>;
@@ -223,17 +223,16 @@ impl Controller {
     // ----- identify --------------------------------------------------------------------
 
     fn oncs(&self) -> u16 {
-        let all = |f: fn(&crate::backend::BackendInfo) -> bool| {
-            self.ns.iter().flatten().all(|n| f(&n.info))
-        };
+        let all =
+            |f: fn(&sluice_bdev::BdevInfo) -> bool| self.ns.iter().flatten().all(|n| f(&n.info));
         let mut v = 0u16;
-        if all(|i| i.compare) {
+        if all(|i| i.caps.compare) {
             v |= 1;
         }
-        if all(|i| i.unmap) {
+        if all(|i| i.caps.unmap) {
             v |= 1 << 2;
         }
-        if all(|i| i.write_zeroes) {
+        if all(|i| i.caps.write_zeroes) {
             v |= 1 << 3;
         }
         v
@@ -300,7 +299,7 @@ impl Controller {
         put(&mut b, 16, &n.to_le_bytes());
         put(&mut b, 25, &[0]); // NLBAF: one format
         put(&mut b, 26, &[0]); // FLBAS
-        put(&mut b, 104, &ns.info.uuid); // NGUID
+        put(&mut b, 104, ns.info.uuid.as_bytes()); // NGUID
         put(&mut b, 128, &(ns.lba_shift << 16).to_le_bytes()); // LBAF0
         Ok(b)
     }
@@ -338,9 +337,9 @@ impl Controller {
                 }
                 if let Some(ns) = self.ns.get(nsid as usize - 1).and_then(Option::as_ref) {
                     put(&mut b, 0, &[2, 16]); // NGUID
-                    put(&mut b, 4, &ns.info.uuid);
+                    put(&mut b, 4, ns.info.uuid.as_bytes());
                     put(&mut b, 20, &[3, 16]); // UUID
-                    put(&mut b, 24, &ns.info.uuid);
+                    put(&mut b, 24, ns.info.uuid.as_bytes());
                     put(&mut b, 40, &[4, 1]); // CSI = NVM
                 }
                 b
@@ -730,7 +729,7 @@ impl Controller {
             .get(nsidx)
             .and_then(Option::as_ref)
             .ok_or(Status::INVALID_NAMESPACE)?;
-        let (shift, nlbas, unmap) = (ns.lba_shift, ns.info.num_blocks, ns.info.unmap);
+        let (shift, nlbas, unmap) = (ns.lba_shift, ns.info.num_blocks, ns.info.caps.unmap);
         let len = nr * 16;
         let mem = self.mem.clone().ok_or(Status::DATA_TRANSFER_ERROR)?;
         let mut segs = Vec::new();

@@ -11,11 +11,11 @@ use std::time::Instant;
 
 use tracing::debug;
 
-use crate::backend::{Backend, BackendInfo, IoChannel, IoCompletion, IoOp, IoRequest, IoResult};
 use crate::prp::{walk_prp, walk_sgl, IovSink, PAGE_SIZE};
 use crate::spec::{aen, io, reg, Cqe, Sqe, Status};
-use crate::sys::{DoorbellPage, IoVec, Ring, DOORBELL_COUNT};
+use crate::sys::{DoorbellPage, Ring, DOORBELL_COUNT};
 use crate::GuestMem;
+use sluice_bdev::{Bdev, BdevInfo, IoChannel, IoCompletion, IoError, IoOp, IoRequest, IoVecs};
 
 /// Largest number of I/O queue pairs a controller can offer.
 pub const MAX_IO_QUEUES: u16 = 511;
@@ -221,8 +221,8 @@ pub fn check_bar0_access(off: u64, len: usize) -> Result<(), BarError> {
 
 /// A namespace attached to the controller.
 pub(crate) struct Namespace {
-    pub(crate) info: BackendInfo,
-    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) info: BdevInfo,
+    pub(crate) backend: Arc<dyn Bdev>,
     chan: Box<dyn IoChannel>,
     pub(crate) lba_shift: u32,
     inflight: u32,
@@ -309,7 +309,6 @@ struct Slot {
     is_read: bool,
     is_write: bool,
     bytes: u64,
-    iov: Vec<IoVec>,
     live: bool,
     /// Belongs to a queue set that was reset: complete silently.
     orphan: bool,
@@ -532,9 +531,9 @@ impl Controller {
     pub fn add_namespace(
         &mut self,
         nsid: Option<u32>,
-        backend: Arc<dyn Backend>,
+        backend: Arc<dyn Bdev>,
     ) -> Result<u32, NsError> {
-        let info = backend.info();
+        let info = backend.info().clone();
         let shift = lba_shift(info.block_size).ok_or(NsError::BlockSize(info.block_size))?;
         let idx = match nsid {
             Some(n) => {
@@ -569,7 +568,7 @@ impl Controller {
     }
 
     /// Detach a namespace (no command may be in flight on it).
-    pub fn remove_namespace(&mut self, nsid: u32) -> Result<Arc<dyn Backend>, NsError> {
+    pub fn remove_namespace(&mut self, nsid: u32) -> Result<Arc<dyn Bdev>, NsError> {
         let idx = nsid.checked_sub(1).ok_or(NsError::NotFound(nsid))? as usize;
         let slot = self.ns.get_mut(idx).ok_or(NsError::NotFound(nsid))?;
         match slot {
@@ -1308,8 +1307,8 @@ impl Controller {
                     io::WRITE => IoOp::Write {
                         fua: sqe.dw[12] & (1 << 30) != 0,
                     },
-                    io::COMPARE if ns.info.compare => IoOp::Compare,
-                    io::WRITE_ZEROES if ns.info.write_zeroes => IoOp::WriteZeroes,
+                    io::COMPARE if ns.info.caps.compare => IoOp::Compare,
+                    io::WRITE_ZEROES if ns.info.caps.write_zeroes => IoOp::WriteZeroes,
                     _ => return Err(Status::INVALID_OPCODE),
                 };
                 (op, slba, nlb)
@@ -1332,11 +1331,7 @@ impl Controller {
             return Ok(());
         }
         let slot = self.alloc_slot();
-        let mut iov = self
-            .slots
-            .get_mut(slot as usize)
-            .map(|s| std::mem::take(&mut s.iov))
-            .unwrap_or_default();
+        let mut iov = IoVecs::new();
         if needs_data {
             let Some(mem) = self.mem.as_ref() else {
                 self.free_slot(slot);
@@ -1350,14 +1345,10 @@ impl Controller {
                 _ => Err(Status::INVALID_FIELD),
             };
             if let Err(st) = r {
-                if let Some(s) = self.slots.get_mut(slot as usize) {
-                    s.iov = iov;
-                }
                 self.free_slot(slot);
                 return Err(st);
             }
-        } else {
-            iov.clear();
+            sink.finish();
         }
         let keep = self
             .mem
@@ -1397,9 +1388,9 @@ impl Controller {
                 ns.retry.push_back(req);
                 return;
             }
-            if let Err(req) = ns.chan.submit(req) {
+            if let Err(rej) = ns.chan.submit(req) {
                 self.stats.backend_busy += 1;
-                ns.retry.push_back(req);
+                ns.retry.push_back(rej.io);
             }
         }
     }
@@ -1454,7 +1445,7 @@ impl Controller {
                 op,
                 offset,
                 len,
-                iov: Vec::new(),
+                iov: IoVecs::new(),
                 tag: u64::from(slot),
                 keepalive: None,
             };
@@ -1468,8 +1459,8 @@ impl Controller {
         let mut buf = std::mem::take(&mut self.completions_buf);
         for ns in self.ns.iter_mut().flatten() {
             while let Some(req) = ns.retry.pop_front() {
-                if let Err(req) = ns.chan.submit(req) {
-                    ns.retry.push_front(req);
+                if let Err(rej) = ns.chan.submit(req) {
+                    ns.retry.push_front(rej.io);
                     break;
                 }
             }
@@ -1488,26 +1479,16 @@ impl Controller {
     }
 
     fn io_done(&mut self, c: IoCompletion) {
-        let IoCompletion { mut req, result } = c;
-        let idx = req.tag as u32;
-        req.iov.clear();
+        let idx = c.tag as u32;
         let Some(s) = self.slots.get_mut(idx as usize) else {
             return;
         };
         if !s.live {
             return;
         }
-        if s.iov.capacity() < req.iov.capacity() {
-            s.iov = std::mem::take(&mut req.iov);
-        }
-        drop(req);
-        let st = match result {
-            IoResult::Ok => Status::SUCCESS,
-            IoResult::ReadError => Status::UNRECOVERED_READ_ERROR,
-            IoResult::WriteError => Status::WRITE_FAULT,
-            IoResult::CompareMismatch => Status::COMPARE_FAILURE,
-            IoResult::Unsupported => Status::INVALID_OPCODE,
-            IoResult::Internal => Status::INTERNAL_ERROR,
+        let st = match c.result {
+            Ok(()) => Status::SUCCESS,
+            Err(e) => io_error_status(e),
         };
         if !st.is_success() && s.status.is_success() {
             s.status = st;
@@ -1611,7 +1592,24 @@ impl Controller {
 }
 
 fn ns_flushes(ns: &Namespace) -> bool {
-    ns.info.flush
+    ns.info.caps.flush
+}
+
+/// Map a backend error to the NVMe status the host sees.
+pub fn io_error_status(e: IoError) -> Status {
+    match e {
+        IoError::MediaRead => Status::UNRECOVERED_READ_ERROR,
+        IoError::MediaWrite => Status::WRITE_FAULT,
+        IoError::CompareMismatch => Status::COMPARE_FAILURE,
+        IoError::Invalid => Status::INVALID_FIELD,
+        IoError::Unsupported => Status::INVALID_OPCODE,
+        IoError::OutOfRange => Status::LBA_OUT_OF_RANGE,
+        IoError::ReadOnly => Status::WRITE_TO_READ_ONLY,
+        IoError::NoSpace => Status::CAPACITY_EXCEEDED,
+        IoError::Internal => Status::INTERNAL_ERROR,
+        IoError::Timeout | IoError::Aborted => Status::ABORT_REQUESTED,
+        IoError::Transport => Status::TRANSIENT_TRANSPORT_ERROR,
+    }
 }
 
 fn new_cq(size: u16, gpa: u64, ring: Option<Ring>, ien: bool, iv: u16) -> Cq {

@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::backend::RamBackend;
 use crate::ctrl::{Controller, ControllerConfig, NoInterrupts};
 use crate::prp::{reference_prp, walk_prp, walk_sgl, IovSink, Seg};
 use crate::spec::Sqe;
 use crate::testkit::FakeHost;
 use crate::GuestMem;
+use sluice_bdev::MallocBdev;
 
 const MEM: usize = 1 << 20;
 
@@ -57,8 +57,11 @@ pub fn fuzz_walker(data: &[u8]) {
         (Err(x), Err(y)) => assert_eq!(x, y, "different errors"),
         _ => panic!("walker {ra:?} vs reference {rb:?}"),
     }
-    let mut iov = Vec::new();
-    let _ = walk_prp(&mem, prp1, prp2, len, &mut IovSink::new(&mem, &mut iov, 64));
+    let mut iov = sluice_bdev::IoVecs::new();
+    let mut sink = IovSink::new(&mem, &mut iov, 64);
+    if walk_prp(&mem, prp1, prp2, len, &mut sink).is_ok() {
+        sink.finish();
+    }
     let mut desc = [0u8; 16];
     for (i, d) in desc.iter_mut().enumerate() {
         *d = data.get(i).copied().unwrap_or(0);
@@ -67,7 +70,10 @@ pub fn fuzz_walker(data: &[u8]) {
     if walk_sgl(&mem, &desc, len, &mut segs).is_ok() {
         assert_eq!(segs.iter().map(|s| s.len).sum::<u64>(), len);
     }
-    let _ = walk_sgl(&mem, &desc, len, &mut IovSink::new(&mem, &mut iov, 64));
+    let mut sink = IovSink::new(&mem, &mut iov, 64);
+    if walk_sgl(&mem, &desc, len, &mut sink).is_ok() {
+        sink.finish();
+    }
 }
 
 /// Feed `data` as a stream of commands to a live controller: byte 0 of each 65-byte
@@ -83,8 +89,12 @@ pub fn fuzz_commands(data: &[u8]) {
     let Ok(mut c) = Controller::new(cfg, Arc::new(NoInterrupts)) else {
         return;
     };
-    let _ = c.add_namespace(Some(1), Arc::new(RamBackend::new(512, 2048, [1; 16])));
-    let _ = c.add_namespace(Some(2), Arc::new(RamBackend::new(4096, 64, [2; 16])));
+    if let Ok(b) = MallocBdev::new("fuzz0", 512, 2048, None) {
+        let _ = c.add_namespace(Some(1), Arc::new(b));
+    }
+    if let Ok(b) = MallocBdev::new("fuzz1", 4096, 64, None) {
+        let _ = c.add_namespace(Some(2), Arc::new(b));
+    }
     let mut h = FakeHost::new(MEM);
     if h.enable(&mut c, 16) & 1 == 0 || !h.create_pair(&mut c, 1, 16) {
         return;

@@ -6,13 +6,14 @@
 //!   endpoint thread talks to its controller only through control messages and mirrored
 //!   register atomics.
 //! * [`prp`]: PRP / SGL walkers over a `vm-memory` DMA snapshot.
-//! * [`backend`]: the block backend seam (shape of `sluice-bdev`'s contract).
+//! * [`pci`]: the controller as a `sluice_pci::PciFunction` (BAR0, doorbell mmap, resets, DMA).
+//! * Namespaces are `sluice_bdev` block devices (re-exported as [`bdev`]).
 //! * [`testkit`]: an in-process fake NVMe host used by tests, benches and fuzzers.
 
 pub mod admin;
-pub mod backend;
 pub mod ctrl;
 pub mod fuzzing;
+pub mod pci;
 pub mod poller;
 pub mod prp;
 pub mod spec;
@@ -22,13 +23,10 @@ pub mod testkit;
 /// The guest memory snapshot type handed over by `vfu-server`.
 pub type GuestMem = vm_memory::GuestMemoryMmap<()>;
 
-pub use backend::{
-    Backend, BackendInfo, IoChannel, IoCompletion, IoOp, IoRequest, IoResult, NullBackend,
-    RamBackend,
-};
 pub use ctrl::{
     BarError, Controller, ControllerConfig, ControllerStats, InterruptSink, NoInterrupts, NsError,
     Shared,
 };
 pub use poller::{ControllerHandle, PollMode, Poller, PollerHandle};
+pub use sluice_bdev as bdev;
 pub use spec::Status;

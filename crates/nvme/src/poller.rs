@@ -16,13 +16,13 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
-use crate::backend::Backend;
 use crate::ctrl::{
     check_bar0_access, store_doorbell, BarError, Controller, ControllerStats, InterruptSink,
     NsError, Shared,
 };
 use crate::spec::reg;
 use crate::GuestMem;
+use sluice_bdev::Bdev;
 
 type Job = Box<dyn FnOnce(&mut Controller) + Send>;
 
@@ -270,7 +270,7 @@ impl PollerHandle {
 }
 
 /// The endpoint-thread side of one controller placed on a poller.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ControllerHandle {
     id: u64,
     shared: Arc<Shared>,
@@ -348,17 +348,13 @@ impl ControllerHandle {
     }
 
     /// Add a namespace at run time (raises the Changed Namespace List AEN).
-    pub fn add_namespace(
-        &self,
-        nsid: Option<u32>,
-        backend: Arc<dyn Backend>,
-    ) -> Result<u32, NsError> {
+    pub fn add_namespace(&self, nsid: Option<u32>, backend: Arc<dyn Bdev>) -> Result<u32, NsError> {
         self.call(false, move |c| c.add_namespace(nsid, backend))
             .map_err(|_| NsError::Backend("poll thread gone".into()))?
     }
 
     /// Remove a namespace at run time (after quiescing).
-    pub fn remove_namespace(&self, nsid: u32) -> Result<Arc<dyn Backend>, NsError> {
+    pub fn remove_namespace(&self, nsid: u32) -> Result<Arc<dyn Bdev>, NsError> {
         self.call(true, move |c| c.remove_namespace(nsid))
             .map_err(|_| NsError::Backend("poll thread gone".into()))?
     }
@@ -368,7 +364,8 @@ impl ControllerHandle {
         self.call(false, |c| c.stats())
     }
 
-    /// Take the controller back from the poller.
+    /// Take the controller back from the poller (other clones of this handle then fail
+    /// with [`PollerGone`]).
     pub fn detach(self) -> Result<Controller, PollerGone> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.poller

@@ -9,7 +9,9 @@
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
 use crate::spec::Status;
-use crate::sys::IoVec;
+use sluice_bdev::{IoVec, IoVecs};
+
+use crate::sys::iovec_extend;
 use crate::GuestMem;
 
 /// Memory page size (CAP.MPSMIN = MPSMAX = 4 KiB).
@@ -268,17 +270,33 @@ pub fn walk_sgl(
 
 /// Sink that translates guest segments into raw iovecs over one DMA snapshot, merging
 /// host-contiguous neighbours. Fails with Data Transfer Error for any unmapped byte.
+/// Call [`finish`](Self::finish) to flush the last iovec.
 pub struct IovSink<'a> {
     mem: &'a GuestMem,
-    out: &'a mut Vec<IoVec>,
+    out: &'a mut IoVecs,
     max: usize,
+    count: usize,
+    pending: Option<IoVec>,
 }
 
 impl<'a> IovSink<'a> {
     /// A sink appending to `out` (cleared first), at most `max` iovecs.
-    pub fn new(mem: &'a GuestMem, out: &'a mut Vec<IoVec>, max: usize) -> Self {
+    pub fn new(mem: &'a GuestMem, out: &'a mut IoVecs, max: usize) -> Self {
         out.clear();
-        IovSink { mem, out, max }
+        IovSink {
+            mem,
+            out,
+            max,
+            count: 0,
+            pending: None,
+        }
+    }
+
+    /// Flush the last iovec into the output.
+    pub fn finish(mut self) {
+        if let Some(v) = self.pending.take() {
+            self.out.push(v);
+        }
     }
 }
 
@@ -303,16 +321,22 @@ impl SegSink for IovSink<'_> {
             let slice = region
                 .get_slice(MemoryRegionAddress(off), n_us)
                 .map_err(|_| Status::DATA_TRANSFER_ERROR)?;
-            let ptr = slice.ptr_guard_mut().as_ptr();
-            match self.out.last_mut() {
-                Some(last) if last.ptr.wrapping_add(last.len) == ptr => last.len += n_us,
-                _ => {
-                    if self.out.len() >= self.max {
+            let v = IoVec::from_volatile_slice(&slice);
+            self.pending = match self.pending.take() {
+                Some(p) if p.base().wrapping_add(p.len()) == v.base() => {
+                    Some(iovec_extend(p, n_us).ok_or(Status::DATA_TRANSFER_ERROR)?)
+                }
+                Some(p) => {
+                    // p is pushed and v becomes a new pending iovec: count + 2 in total.
+                    if self.count + 2 > self.max {
                         return Err(Status::DATA_TRANSFER_ERROR);
                     }
-                    self.out.push(IoVec { ptr, len: n_us });
+                    self.out.push(p);
+                    self.count += 1;
+                    Some(v)
                 }
-            }
+                None => Some(v),
+            };
             a = a.checked_add(n).ok_or(Status::DATA_TRANSFER_ERROR)?;
             left -= n;
         }
@@ -549,12 +573,13 @@ mod tests {
     #[test]
     fn iov_sink_splits_and_rejects_holes() {
         let m = mem();
-        let mut iov = Vec::new();
+        let mut iov = IoVecs::new();
         let mut s = IovSink::new(&m, &mut iov, 8);
         s.seg(0x1000, 0x2000).unwrap();
         s.seg(0x3000, 0x1000).unwrap();
+        s.finish();
         assert_eq!(iov.len(), 1, "contiguous segments merge");
-        assert_eq!(iov[0].len, 0x3000);
+        assert_eq!(iov.as_slice()[0].len(), 0x3000);
         let mut s = IovSink::new(&m, &mut iov, 8);
         assert_eq!(
             s.seg(0xff000, 0x2000),

@@ -167,6 +167,12 @@ impl Status {
     pub const SGL_TYPE_INVALID: Status = Status::generic(0x11);
     /// PRP Offset Invalid.
     pub const PRP_OFFSET_INVALID: Status = Status::generic(0x13);
+    /// Transient Transport Error (retryable).
+    pub const TRANSIENT_TRANSPORT_ERROR: Status = Status(0x22);
+    /// Capacity Exceeded.
+    pub const CAPACITY_EXCEEDED: Status = Status::generic(0x81);
+    /// Attempted Write to Read Only Range.
+    pub const WRITE_TO_READ_ONLY: Status = Status::specific(0x82);
     /// LBA Out of Range.
     pub const LBA_OUT_OF_RANGE: Status = Status::generic(0x80);
     /// Completion Queue Invalid.

@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
+use sluice_bdev::IoVec;
+
 use crate::spec::{Cqe, Sqe};
 use crate::GuestMem;
 
@@ -28,7 +30,7 @@ pub const DOORBELL_PAGE_SIZE: usize = DOORBELL_COUNT * 4;
 /// guest doorbell writes land here without a VM exit; trapped writes are stored here too.
 #[derive(Debug)]
 pub struct DoorbellPage {
-    fd: OwnedFd,
+    fd: Arc<OwnedFd>,
     base: NonNull<AtomicU32>,
 }
 
@@ -45,7 +47,9 @@ impl DoorbellPage {
             "sluice-nvme-doorbells",
             rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
         )?;
-        rustix::fs::ftruncate(&fd, DOORBELL_PAGE_SIZE as u64)?;
+        // File layout mirrors BAR0: page 0 unused (registers are trapped), page 1 holds
+        // the doorbells, so the BAR0 sparse area 0x1000..0x2000 maps file offset 0x1000.
+        rustix::fs::ftruncate(&fd, 2 * DOORBELL_PAGE_SIZE as u64)?;
         // SAFETY: we map a fresh fd of exactly DOORBELL_PAGE_SIZE bytes at a kernel-chosen
         // address; nothing else in this process aliases the new mapping.
         let ptr = unsafe {
@@ -55,7 +59,7 @@ impl DoorbellPage {
                 rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
                 rustix::mm::MapFlags::SHARED,
                 &fd,
-                0,
+                DOORBELL_PAGE_SIZE as u64,
             )?
         };
         let base = NonNull::new(ptr.cast::<AtomicU32>())
@@ -67,12 +71,20 @@ impl DoorbellPage {
                 | rustix::fs::SealFlags::GROW
                 | rustix::fs::SealFlags::SEAL,
         );
-        Ok(DoorbellPage { fd, base })
+        Ok(DoorbellPage {
+            fd: Arc::new(fd),
+            base,
+        })
     }
 
-    /// The memfd backing the page (file offset 0 is doorbell 0).
+    /// The memfd backing the page (file offset 0x1000 is doorbell 0, like BAR0).
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+
+    /// A shared owner of the memfd (for `vfu_server::RegionMmap`).
+    pub fn fd_arc(&self) -> Arc<OwnedFd> {
+        Arc::clone(&self.fd)
     }
 
     fn cell(&self, index: usize) -> Option<&AtomicU32> {
@@ -205,55 +217,16 @@ impl Ring {
     }
 }
 
-/// A raw guest data buffer handed to a backend: pointer and length inside one mapped
-/// region, valid while the request's keepalive snapshot lives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IoVec {
-    /// Host virtual address of the buffer.
-    pub ptr: *mut u8,
-    /// Length in bytes.
-    pub len: usize,
-}
-
-// SAFETY: an IoVec is a plain address/length pair; dereferencing it is unsafe and only
-// done by code that holds the request's keepalive snapshot.
-unsafe impl Send for IoVec {}
-
-/// Copy `src` bytes into guest iovecs (volatile-equivalent raw copy). Returns bytes copied.
+/// Extend `v` by `extra` bytes that directly follow it in host memory.
 ///
-/// # Safety
-/// Every iovec must point into mapped memory kept alive by the caller for the duration
-/// of the call.
-pub unsafe fn copy_to_iovecs(iov: &[IoVec], src: &[u8]) -> usize {
-    let mut done = 0usize;
-    for v in iov {
-        let Some(rest) = src.get(done..) else { break };
-        let n = v.len.min(rest.len());
-        // SAFETY: caller guarantees v.ptr..v.ptr+v.len is mapped; n <= v.len and
-        // n <= rest.len(); src is host memory and cannot overlap guest memory.
-        unsafe { std::ptr::copy_nonoverlapping(rest.as_ptr(), v.ptr, n) };
-        done += n;
-    }
-    done
-}
-
-/// Copy from guest iovecs into `dst`. Returns bytes copied.
-///
-/// # Safety
-/// Every iovec must point into mapped memory kept alive by the caller for the duration
-/// of the call.
-pub unsafe fn copy_from_iovecs(iov: &[IoVec], dst: &mut [u8]) -> usize {
-    let mut done = 0usize;
-    for v in iov {
-        let Some(rest) = dst.get_mut(done..) else {
-            break;
-        };
-        let n = v.len.min(rest.len());
-        // SAFETY: caller guarantees v.ptr..v.ptr+v.len is mapped; n is within both.
-        unsafe { std::ptr::copy_nonoverlapping(v.ptr, rest.as_mut_ptr(), n) };
-        done += n;
-    }
-    done
+/// The caller passes a neighbour obtained from a `vm-memory` `VolatileSlice` of the same
+/// DMA snapshot: both ranges are mapped and kept alive by the request's keepalive.
+pub fn iovec_extend(v: IoVec, extra: usize) -> Option<IoVec> {
+    let len = v.len().checked_add(extra)?;
+    // SAFETY: v covered mapped memory [base, base+len) and the caller validated (through
+    // vm-memory) that [base+len, base+len+extra) is mapped in the same snapshot; the
+    // snapshot is held by the request until completion.
+    Some(unsafe { IoVec::from_raw(v.base(), len) })
 }
 
 #[cfg(test)]

@@ -12,12 +12,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sluice_bdev::{
+    Bdev, BdevError, BdevInfo, IoChannel, IoCompletion, IoRequest, MallocBdev, NullBdev, Rejected,
+};
 use sluice_nvme::spec::{admin, feat, io, log, reg, Status};
 use sluice_nvme::testkit::{rw, sqe, with_prps, FakeHost};
-use sluice_nvme::{
-    Controller, ControllerConfig, InterruptSink, NoInterrupts, NullBackend, PollMode, Poller,
-    RamBackend,
-};
+use sluice_nvme::{Controller, ControllerConfig, InterruptSink, NoInterrupts, PollMode, Poller};
+
+fn malloc(bs: u32, blocks: u64, uuid: u8) -> Arc<dyn Bdev> {
+    Arc::new(MallocBdev::new("m", bs, blocks, Some(uuid::Uuid::from_bytes([uuid; 16]))).unwrap())
+}
+
+fn null(bs: u32, blocks: u64) -> Arc<dyn Bdev> {
+    Arc::new(NullBdev::new("n", bs, blocks, None).unwrap())
+}
 
 #[derive(Default)]
 struct CountIrqs(Mutex<Vec<u16>>);
@@ -29,10 +37,8 @@ impl InterruptSink for CountIrqs {
 
 fn setup(cfg: ControllerConfig) -> (Controller, FakeHost) {
     let mut c = Controller::new(cfg, Arc::new(NoInterrupts)).unwrap();
-    c.add_namespace(Some(1), Arc::new(RamBackend::new(512, 4096, [1; 16])))
-        .unwrap();
-    c.add_namespace(Some(2), Arc::new(RamBackend::new(4096, 256, [2; 16])))
-        .unwrap();
+    c.add_namespace(Some(1), malloc(512, 4096, 1)).unwrap();
+    c.add_namespace(Some(2), malloc(4096, 256, 2)).unwrap();
     let mut h = FakeHost::new(16 << 20);
     assert_eq!(h.enable(&mut c, 32) & 3, 1, "RDY without CFS");
     (c, h)
@@ -742,9 +748,7 @@ fn namespace_hotplug_aen_and_changed_list() {
     ); // clear
     h.submit(&mut c, 0, sqe(admin::ASYNC_EVENT_REQUEST, 0), false);
     c.poll();
-    let nsid = c
-        .add_namespace(None, Arc::new(NullBackend::new(512, 1024)))
-        .unwrap();
+    let nsid = c.add_namespace(None, null(512, 1024)).unwrap();
     assert_eq!(nsid, 3);
     let cqe = ok(h.wait(&mut c, 0));
     assert_eq!(
@@ -770,16 +774,14 @@ fn namespace_hotplug_aen_and_changed_list() {
         c.remove_namespace(3),
         Err(sluice_nvme::NsError::NotFound(3))
     ));
-    assert!(
-        c.add_namespace(Some(1), Arc::new(NullBackend::new(512, 8)))
-            .is_err(),
-        "in use"
-    );
-    assert!(
-        c.add_namespace(None, Arc::new(NullBackend::new(520, 8)))
-            .is_err(),
-        "block size"
-    );
+    assert!(c.add_namespace(Some(1), null(512, 8)).is_err(), "in use");
+    let mut odd = null(512, 8).info().clone();
+    odd.block_size = 520;
+    let odd: Arc<dyn Bdev> = Arc::new(Gate(Arc::new(AtomicU64::new(0)), odd));
+    assert!(matches!(
+        c.add_namespace(None, odd),
+        Err(sluice_nvme::NsError::BlockSize(520))
+    ));
 }
 
 #[test]
@@ -811,33 +813,34 @@ fn shutdown_reset_and_reinit() {
 }
 
 /// Backend whose completions are released by the test.
-struct Gate(Arc<AtomicU64>);
-struct GateChan(Arc<AtomicU64>, Vec<sluice_nvme::IoRequest>);
-impl sluice_nvme::Backend for Gate {
-    fn info(&self) -> sluice_nvme::BackendInfo {
-        NullBackend::new(512, 1 << 20).info()
+struct Gate(Arc<AtomicU64>, BdevInfo);
+struct GateChan(Arc<AtomicU64>, Vec<IoRequest>);
+impl Bdev for Gate {
+    fn info(&self) -> &BdevInfo {
+        &self.1
     }
-    fn open_channel(
-        &self,
-    ) -> Result<Box<dyn sluice_nvme::IoChannel>, sluice_nvme::backend::BackendError> {
+    fn open_channel(&self) -> Result<Box<dyn IoChannel>, BdevError> {
         Ok(Box::new(GateChan(self.0.clone(), Vec::new())))
     }
 }
-impl sluice_nvme::IoChannel for GateChan {
-    fn submit(&mut self, io: sluice_nvme::IoRequest) -> Result<(), sluice_nvme::IoRequest> {
+impl IoChannel for GateChan {
+    fn submit(&mut self, io: IoRequest) -> Result<(), Rejected> {
         self.1.push(io);
         Ok(())
     }
-    fn poll(&mut self, done: &mut dyn FnMut(sluice_nvme::IoCompletion)) -> usize {
+    fn poll(&mut self, done: &mut dyn FnMut(IoCompletion)) -> usize {
         let n = (self.0.load(Ordering::SeqCst) as usize).min(self.1.len());
         self.0.fetch_sub(n as u64, Ordering::SeqCst);
         for req in self.1.drain(..n) {
-            done(sluice_nvme::IoCompletion {
-                req,
-                result: sluice_nvme::IoResult::Ok,
+            done(IoCompletion {
+                tag: req.tag,
+                result: Ok(()),
             });
         }
         n
+    }
+    fn in_flight(&self) -> usize {
+        self.1.len()
     }
 }
 
@@ -845,7 +848,10 @@ impl sluice_nvme::IoChannel for GateChan {
 fn delete_sq_waits_for_inflight() {
     let (mut c, mut h) = ready();
     let gate = Arc::new(AtomicU64::new(0));
-    let nsid = c.add_namespace(None, Arc::new(Gate(gate.clone()))).unwrap();
+    let info = null(512, 1 << 20).info().clone();
+    let nsid = c
+        .add_namespace(None, Arc::new(Gate(gate.clone(), info)))
+        .unwrap();
     let buf = h.alloc(4096);
     h.submit(&mut c, 1, rw(io::READ, nsid, 0, 1, buf, 0), false);
     c.poll();
@@ -874,8 +880,7 @@ fn delete_sq_waits_for_inflight() {
 fn adaptive_irq_coalesces_per_batch() {
     let irqs = Arc::new(CountIrqs::default());
     let mut c = Controller::new(ControllerConfig::default(), irqs.clone()).unwrap();
-    c.add_namespace(Some(1), Arc::new(NullBackend::new(512, 1 << 20)))
-        .unwrap();
+    c.add_namespace(Some(1), null(512, 1 << 20)).unwrap();
     let mut h = FakeHost::new(4 << 20);
     h.enable(&mut c, 16);
     assert!(h.create_pair(&mut c, 1, 64));
@@ -933,8 +938,7 @@ fn poller_thread_quiesces_memory_updates() {
     )
     .unwrap();
     let mut ch = handle.attach(c).unwrap();
-    ch.add_namespace(Some(1), Arc::new(RamBackend::new(512, 1024, [7; 16])))
-        .unwrap();
+    ch.add_namespace(Some(1), malloc(512, 1024, 7)).unwrap();
     let mut h = FakeHost::new(4 << 20);
     assert_eq!(h.enable(&mut ch, 16) & 1, 1);
     assert!(h.create_pair(&mut ch, 1, 32));
