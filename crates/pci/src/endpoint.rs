@@ -157,6 +157,13 @@ impl<F: PciFunction> PciEndpoint<F> {
         InterruptSink::new(self.irq.clone())
     }
 
+    /// Replaces where interrupts are delivered. [`vfu_server::Device::attach`] installs the
+    /// server's irq table and `detach` removes it; call this only to drive the endpoint
+    /// without a server (unit tests of a function, custom transports).
+    pub fn set_irq_signal(&self, signal: Option<Box<dyn IrqSignal>>) {
+        self.irq.set_route(signal);
+    }
+
     /// The function.
     pub fn function(&self) -> &F {
         &self.function
@@ -556,7 +563,7 @@ mod tests {
             },
         );
         let fds = Arc::new(Fds::default());
-        ep.irq.set_route(Some(Box::new(SharedFds(fds.clone()))));
+        ep.set_irq_signal(Some(Box::new(SharedFds(fds.clone()))));
         (ep, fds)
     }
 

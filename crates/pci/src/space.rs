@@ -728,4 +728,63 @@ mod tests {
         assert_eq!(s.regs[0x3c], 0xff);
         assert_eq!(s.regs[0x3d], 0);
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn configs() -> Vec<PciConfig> {
+            vec![
+                spdk(),
+                PciConfig::builder()
+                    .pm(false)
+                    .bar(0, BarConfig::memory64(1 << 20).prefetchable(true))
+                    .bar(3, BarConfig::memory32(16))
+                    .rom(0x4000)
+                    .msix(MsixConfig {
+                        vectors: 3,
+                        table_bar: 2,
+                        pba_bar: 2,
+                    })
+                    .build()
+                    .unwrap(),
+            ]
+        }
+
+        proptest! {
+            /// Whatever a client writes, read-only bits keep their reset value, the FLR bit
+            /// reads 0, written writable bits take the written value, and misshapen writes
+            /// change nothing.
+            #[test]
+            fn writes_respect_masks(
+                which in 0usize..2,
+                ops in proptest::collection::vec((0u64..0x1010, 0usize..9, any::<u32>()), 1..200),
+            ) {
+                let cfg = &configs()[which];
+                let mut s = ConfigSpace::new(cfg);
+                for (off, len, val) in ops {
+                    let bytes = &val.to_le_bytes().repeat(2)[..len];
+                    let before = s.regs.clone();
+                    match s.write(off, bytes) {
+                        Ok(_) => {
+                            for (i, &v) in bytes.iter().enumerate() {
+                                let at = off as usize + i;
+                                prop_assert_eq!(s.regs[at] & s.wmask[at], v & s.wmask[at]);
+                            }
+                        }
+                        Err(e) => {
+                            prop_assert_eq!(e, Errno::INVAL);
+                            prop_assert_eq!(&s.regs, &before);
+                        }
+                    }
+                    for i in 0..CONFIG_SPACE_SIZE {
+                        prop_assert_eq!(s.regs[i] & !s.wmask[i], s.init[i] & !s.wmask[i], "RO byte {:#x}", i);
+                    }
+                    if let Some(p) = s.caps.pcie {
+                        prop_assert_eq!(s.read16(p + PCIE_DEVCTL) & PCIE_DEVCTL_FLR, 0);
+                    }
+                }
+            }
+        }
+    }
 }
