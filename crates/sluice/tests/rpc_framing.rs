@@ -1,6 +1,11 @@
 //! Acceptance 2: raw-socket framing like rpc.py (pretty-printed JSON values one after
 //! another on one connection, ids 1..n), batches, notifications, parse errors.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 
@@ -15,7 +20,11 @@ fn rpc_py_style_stream_on_one_connection() {
     assert_eq!(r["jsonrpc"], "2.0");
     assert_eq!(r["id"], 1);
     assert!(r["result"]["version"].is_string());
-    let r = c.call(2, "bdev_null_create", Some(json!({"name":"N0","block_size":512,"num_blocks":64})));
+    let r = c.call(
+        2,
+        "bdev_null_create",
+        Some(json!({"name":"N0","block_size":512,"num_blocks":64})),
+    );
     assert_eq!(r, json!({"jsonrpc":"2.0","id":2,"result":"N0"}));
     let r = c.call(3, "bdev_get_bdevs", Some(json!({"name":"N0"})));
     assert_eq!(r["result"][0]["name"], "N0");
@@ -57,7 +66,11 @@ fn batches_and_notifications() {
     assert_eq!(arr.len(), 3, "the notification gets no response: {r}");
     assert_eq!(arr[0]["result"], "A");
     assert_eq!(arr[1]["error"]["code"], -32601);
-    assert_eq!(arr[2]["result"].as_array().unwrap().len(), 2, "notification B was executed");
+    assert_eq!(
+        arr[2]["result"].as_array().unwrap().len(),
+        2,
+        "notification B was executed"
+    );
     // A successful notification is silent; a failing one is answered with id null.
     c.send(&json!({"jsonrpc":"2.0","method":"bdev_null_create","params":{"name":"C","block_size":512,"num_blocks":8}}));
     c.send(&json!({"jsonrpc":"2.0","method":"bdev_null_create","params":{"name":"C","block_size":512,"num_blocks":8}}));
@@ -69,7 +82,10 @@ fn batches_and_notifications() {
     assert_eq!(c.recv().unwrap()["error"]["code"], -32600);
     c.send(&json!({"jsonrpc":"1.0","method":"x","id":9}));
     let r = c.recv().unwrap();
-    assert_eq!((r["id"].clone(), r["error"]["code"].clone()), (json!(9), json!(-32600)));
+    assert_eq!(
+        (r["id"].clone(), r["error"]["code"].clone()),
+        (json!(9), json!(-32600))
+    );
     c.send(&json!({"jsonrpc":"2.0","method":"spdk_get_version","params":{},"id":10}));
     assert_eq!(c.recv().unwrap()["error"]["code"], -32602);
 }

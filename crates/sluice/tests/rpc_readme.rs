@@ -1,6 +1,11 @@
 //! Acceptance 1: the README command sequence against the real daemon, with result shapes
 //! compared to SPDK's real outputs (tests/data, copied from spdk-output/).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 
@@ -22,10 +27,22 @@ fn readme_sequence_matches_spdk_shapes() {
         d.rpc_ok(&["nvmf_create_subsystem", "-a", "-s", "SN0", "-m", "64", NQN]),
         ""
     );
-    assert_eq!(d.rpc_ok(&["bdev_null_create", "Null0", "102400", "512"]), "Null0\n");
+    assert_eq!(
+        d.rpc_ok(&["bdev_null_create", "Null0", "102400", "512"]),
+        "Null0\n"
+    );
     assert_eq!(d.rpc_ok(&["nvmf_subsystem_add_ns", NQN, "Null0"]), "1\n");
     assert_eq!(
-        d.rpc_ok(&["nvmf_subsystem_add_listener", "-t", "VFIOUSER", "-a", dir_s, "-s", "0", NQN]),
+        d.rpc_ok(&[
+            "nvmf_subsystem_add_listener",
+            "-t",
+            "VFIOUSER",
+            "-a",
+            dir_s,
+            "-s",
+            "0",
+            NQN
+        ]),
         ""
     );
     assert!(dir.join("cntrl").exists(), "listener socket <traddr>/cntrl");
@@ -88,7 +105,11 @@ fn readme_sequence_matches_spdk_shapes() {
     assert!(version["version"].is_string());
     assert!(version["fields"]["major"].is_number());
     let methods = d.rpc_json(&["rpc_get_methods"]);
-    for m in ["nvmf_create_transport", "bdev_null_create", "framework_get_config"] {
+    for m in [
+        "nvmf_create_transport",
+        "bdev_null_create",
+        "framework_get_config",
+    ] {
         assert!(methods.as_array().unwrap().contains(&json!(m)));
     }
 }
@@ -101,11 +122,35 @@ fn remove_listener_and_delete_paths() {
     d.rpc_ok(&["nvmf_create_transport", "-t", "VFIOUSER"]);
     d.rpc_ok(&["nvmf_create_subsystem", "-a", NQN]);
     d.rpc_ok(&["bdev_malloc_create", "8", "512", "-b", "Malloc1"]);
-    assert_eq!(d.rpc_ok(&["nvmf_subsystem_add_ns", NQN, "Malloc1", "-n", "5"]), "5\n");
-    d.rpc_ok(&["nvmf_subsystem_add_listener", NQN, "-t", "vfiouser", "-a", dir_s, "-s", "0"]);
+    assert_eq!(
+        d.rpc_ok(&["nvmf_subsystem_add_ns", NQN, "Malloc1", "-n", "5"]),
+        "5\n"
+    );
+    d.rpc_ok(&[
+        "nvmf_subsystem_add_listener",
+        NQN,
+        "-t",
+        "vfiouser",
+        "-a",
+        dir_s,
+        "-s",
+        "0",
+    ]);
     assert!(dir.join("cntrl").exists());
-    d.rpc_ok(&["nvmf_subsystem_remove_listener", NQN, "-t", "VFIOUSER", "-a", dir_s, "-s", "0"]);
-    assert!(!dir.join("cntrl").exists(), "socket removed with the listener");
+    d.rpc_ok(&[
+        "nvmf_subsystem_remove_listener",
+        NQN,
+        "-t",
+        "VFIOUSER",
+        "-a",
+        dir_s,
+        "-s",
+        "0",
+    ]);
+    assert!(
+        !dir.join("cntrl").exists(),
+        "socket removed with the listener"
+    );
     d.rpc_ok(&["nvmf_subsystem_remove_ns", NQN, "5"]);
     d.rpc_ok(&["bdev_malloc_delete", "Malloc1"]);
     d.rpc_ok(&["nvmf_delete_subsystem", NQN]);
@@ -115,7 +160,10 @@ fn remove_listener_and_delete_paths() {
     let out = d.rpc(&["nvmf_subsystem_get_controllers", "nqn.2019-07.io.spdk:none"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("Got JSON-RPC error response") && err.contains("-32602"), "{err}");
+    assert!(
+        err.contains("Got JSON-RPC error response") && err.contains("-32602"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -123,7 +171,10 @@ fn quickstart_prints_qemu_and_cloud_hypervisor_lines() {
     let dir = tempfile::tempdir().unwrap();
     let qs = dir.path().join("qs");
     let qs_s = qs.to_str().unwrap().to_owned();
-    let mut d = Daemon::start_in(dir, &["--quickstart-dir", &qs_s, "--quickstart-size-mib", "16"]);
+    let mut d = Daemon::start_in(
+        dir,
+        &["--quickstart-dir", &qs_s, "--quickstart-size-mib", "16"],
+    );
     let sock = qs.join("cntrl");
     assert!(sock.exists());
     let stdout = d.child.as_mut().unwrap().stdout.take().unwrap();
@@ -141,9 +192,15 @@ fn quickstart_prints_qemu_and_cloud_hypervisor_lines() {
     assert!(text.contains(&format!(
         "-device '{{\"driver\":\"vfio-user-pci\",\"socket\":{{\"path\":\"{sock_s}\",\"type\":\"unix\"}}}}'"
     )), "{text}");
-    assert!(text.contains("memory-backend-memfd,id=mem,size=2G,share=on"), "{text}");
+    assert!(
+        text.contains("memory-backend-memfd,id=mem,size=2G,share=on"),
+        "{text}"
+    );
     assert!(text.contains("memory-backend=mem"), "{text}");
-    assert!(text.contains(&format!("--user-device socket={sock_s}")), "{text}");
+    assert!(
+        text.contains(&format!("--user-device socket={sock_s}")),
+        "{text}"
+    );
     assert!(text.contains("--memory size=2G,shared=on"), "{text}");
     let subs = d.rpc_json(&["nvmf_get_subsystems"]);
     assert_eq!(subs[1]["namespaces"][0]["bdev_name"], "Malloc0");

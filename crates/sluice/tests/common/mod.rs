@@ -1,5 +1,11 @@
 //! Shared helpers: spawn the real `sluice` binary, call it over RPC, compare JSON shapes.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -27,15 +33,22 @@ impl Daemon {
 
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Daemon {
         let sock = dir.path().join("rpc.sock");
-        let mut d = Daemon { child: None, dir, sock };
+        let mut d = Daemon {
+            child: None,
+            dir,
+            sock,
+        };
         d.spawn(extra);
         d
     }
 
     /// (Re)spawn with the same socket.
     pub fn spawn(&mut self, extra: &[&str]) {
-        let mut args: Vec<String> = vec!["serve".into(), "-r".into(), self.sock.display().to_string()];
-        let has_mode = extra.iter().any(|a| *a == "-c" || *a == "--wait-for-rpc" || a.starts_with("--quickstart"));
+        let mut args: Vec<String> =
+            vec!["serve".into(), "-r".into(), self.sock.display().to_string()];
+        let has_mode = extra
+            .iter()
+            .any(|a| *a == "-c" || *a == "--wait-for-rpc" || a.starts_with("--quickstart"));
         if !has_mode {
             args.push("--empty".into());
         }
@@ -147,7 +160,10 @@ pub fn wait_for_socket(sock: &Path, child: &mut Child) {
             }
             panic!("daemon exited early ({status}): {err}");
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "RPC socket never appeared");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "RPC socket never appeared"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -161,8 +177,13 @@ pub struct Raw {
 impl Raw {
     pub fn connect(sock: &Path) -> Raw {
         let stream = UnixStream::connect(sock).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Raw { stream, buf: Vec::new() }
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Raw {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
@@ -215,7 +236,11 @@ fn kind(v: &Value) -> &'static str {
 /// (arrays: element shapes of the first elements). Returns the mismatching paths.
 pub fn shape_diff(reference: &Value, actual: &Value, path: &str, out: &mut Vec<String>) {
     if kind(reference) != kind(actual) {
-        out.push(format!("{path}: expected {} got {}", kind(reference), kind(actual)));
+        out.push(format!(
+            "{path}: expected {} got {}",
+            kind(reference),
+            kind(actual)
+        ));
         return;
     }
     match (reference, actual) {
@@ -244,10 +269,15 @@ pub fn shape_diff(reference: &Value, actual: &Value, path: &str, out: &mut Vec<S
 pub fn assert_same_shape(reference: &Value, actual: &Value) {
     let mut diffs = Vec::new();
     shape_diff(reference, actual, "$", &mut diffs);
-    assert!(diffs.is_empty(), "shape differences: {diffs:#?}\nactual: {actual:#}");
+    assert!(
+        diffs.is_empty(),
+        "shape differences: {diffs:#?}\nactual: {actual:#}"
+    );
 }
 
 pub fn reference(name: &str) -> Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name);
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
