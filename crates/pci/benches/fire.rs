@@ -43,6 +43,7 @@ impl IrqSignal for Efd {
 
 fn endpoint() -> PciEndpoint<Nop> {
     let cfg = PciConfig::builder()
+        .ids(0x1b36, 0x0010)
         .msix(MsixConfig {
             vectors: 64,
             table_bar: 4,

@@ -41,6 +41,9 @@ pub enum ConfigError {
         /// Rejected size.
         size: u64,
     },
+    /// Vendor id 0xffff means "no device" to every OS.
+    #[error("vendor id 0xffff is reserved (no device)")]
+    VendorId,
     /// The MSI-X vector count is 0 or above 2048.
     #[error("MSI-X vector count {0} is invalid")]
     MsixVectors(u16),
@@ -233,8 +236,8 @@ pub struct PciConfig {
 }
 
 impl PciConfig {
-    /// Starts a builder with SPDK-like defaults: no ids, INTA, PM and PCIe (FLR) present,
-    /// no BARs, no MSI-X.
+    /// Starts a builder. Ids must be set ([`PciConfigBuilder::ids`]); defaults: INTA, PM
+    /// and PCIe (with FLR) present, no BARs, no ROM, no MSI-X.
     pub fn builder() -> PciConfigBuilder {
         PciConfigBuilder::default()
     }
@@ -249,7 +252,7 @@ impl PciConfig {
 ///
 /// ```
 /// use sluice_pci::{BarConfig, MsixConfig, PciConfig};
-/// let cfg = PciConfig::builder()
+/// let cfg = PciConfig::builder().ids(0x1b36, 0x0010)
 ///     .ids(0x4e58, 0x0001)
 ///     .subsystem(0x4e58, 0x0000)
 ///     .class(0x01, 0x08, 0x02)
@@ -359,6 +362,9 @@ impl PciConfigBuilder {
 
     /// Validates and resolves the layout.
     pub fn build(self) -> Result<PciConfig, ConfigError> {
+        if self.vendor_id == 0xffff {
+            return Err(ConfigError::VendorId);
+        }
         let mut bars: [Option<BarSpec>; NUM_BARS] = [None; NUM_BARS];
         for &(index, bar) in &self.bars {
             let max_size = if bar.is_64bit { 1u64 << 63 } else { 1u64 << 31 };
@@ -518,6 +524,7 @@ mod tests {
     #[test]
     fn shared_msix_bar_places_pba_after_table() {
         let cfg = PciConfig::builder()
+            .ids(0x1b36, 0x0010)
             .msix(MsixConfig {
                 vectors: 300,
                 table_bar: 2,
@@ -534,12 +541,14 @@ mod tests {
     fn bar_size_must_be_power_of_two_and_at_least_16() {
         for size in [0, 8, 0x3000, 1 << 32] {
             let err = PciConfig::builder()
+                .ids(0x1b36, 0x0010)
                 .bar(1, BarConfig::memory32(size))
                 .build()
                 .unwrap_err();
             assert_eq!(err, ConfigError::BarSize { index: 1, size });
         }
         assert!(PciConfig::builder()
+            .ids(0x1b36, 0x0010)
             .bar(1, BarConfig::memory64(1 << 32))
             .build()
             .is_ok());
@@ -549,6 +558,7 @@ mod tests {
     fn sixty_four_bit_bar_takes_two_slots() {
         assert_eq!(
             PciConfig::builder()
+                .ids(0x1b36, 0x0010)
                 .bar(0, BarConfig::memory64(0x1000))
                 .bar(1, BarConfig::memory32(0x1000))
                 .build()
@@ -557,6 +567,7 @@ mod tests {
         );
         assert_eq!(
             PciConfig::builder()
+                .ids(0x1b36, 0x0010)
                 .bar(5, BarConfig::memory64(0x1000))
                 .build()
                 .unwrap_err(),
@@ -576,6 +587,7 @@ mod tests {
         for vectors in [0, 2049] {
             assert_eq!(
                 PciConfig::builder()
+                    .ids(0x1b36, 0x0010)
                     .msix(MsixConfig {
                         vectors,
                         table_bar: 4,
@@ -588,6 +600,7 @@ mod tests {
         }
         assert_eq!(
             PciConfig::builder()
+                .ids(0x1b36, 0x0010)
                 .msix(MsixConfig {
                     vectors: 1,
                     table_bar: 6,
@@ -600,15 +613,36 @@ mod tests {
     }
 
     #[test]
+    fn vendor_id_must_be_set() {
+        assert_eq!(
+            PciConfigBuilder::default().build().unwrap_err(),
+            ConfigError::VendorId
+        );
+        assert_eq!(
+            PciConfig::builder().ids(0xffff, 1).build().unwrap_err(),
+            ConfigError::VendorId
+        );
+    }
+
+    #[test]
     fn rom_size_is_validated() {
         for size in [1024, 3000, 1 << 32] {
             assert_eq!(
-                PciConfig::builder().rom(size).build().unwrap_err(),
+                PciConfig::builder()
+                    .ids(0x1b36, 0x0010)
+                    .rom(size)
+                    .build()
+                    .unwrap_err(),
                 ConfigError::RomSize(size)
             );
         }
         assert_eq!(
-            PciConfig::builder().rom(0x8000).build().unwrap().rom_size,
+            PciConfig::builder()
+                .ids(0x1b36, 0x0010)
+                .rom(0x8000)
+                .build()
+                .unwrap()
+                .rom_size,
             Some(0x8000)
         );
     }

@@ -472,6 +472,7 @@ mod tests {
     #[test]
     fn chain_without_pm_and_pcie_starts_with_msix() {
         let cfg = PciConfig::builder()
+            .ids(0x1b36, 0x0010)
             .pm(false)
             .pcie(None)
             .msix(MsixConfig {
@@ -484,7 +485,14 @@ mod tests {
         let s = ConfigSpace::new(&cfg);
         assert_eq!(s.regs[PCI_CAP_PTR], 0x40);
         assert_eq!(s.read16(0x40), 0x0011);
-        let none = ConfigSpace::new(&PciConfig::builder().pm(false).pcie(None).build().unwrap());
+        let none = ConfigSpace::new(
+            &PciConfig::builder()
+                .ids(0x1b36, 0x0010)
+                .pm(false)
+                .pcie(None)
+                .build()
+                .unwrap(),
+        );
         assert_eq!(none.regs[PCI_CAP_PTR], 0);
         assert_eq!(none.read16(PCI_STATUS) & STATUS_CAP_LIST, 0);
     }
@@ -590,6 +598,7 @@ mod tests {
     #[test]
     fn bar_sizing_64bit_prefetchable() {
         let cfg = PciConfig::builder()
+            .ids(0x1b36, 0x0010)
             .bar(2, BarConfig::memory64(1 << 33).prefetchable(true))
             .build()
             .unwrap();
@@ -603,6 +612,7 @@ mod tests {
         assert_eq!(size, 1 << 33);
 
         let cfg = PciConfig::builder()
+            .ids(0x1b36, 0x0010)
             .bar(0, BarConfig::memory64(0x1000))
             .build()
             .unwrap();
@@ -615,7 +625,11 @@ mod tests {
 
     #[test]
     fn rom_bar_sizing_and_enable() {
-        let cfg = PciConfig::builder().rom(0x10000).build().unwrap();
+        let cfg = PciConfig::builder()
+            .ids(0x1b36, 0x0010)
+            .rom(0x10000)
+            .build()
+            .unwrap();
         let mut s = ConfigSpace::new(&cfg);
         w32(&mut s, 0x30, 0xffff_fffe);
         assert_eq!(r32(&s, 0x30), 0xffff_0000);
@@ -661,7 +675,11 @@ mod tests {
 
     #[test]
     fn flr_bit_ignored_without_flr_capability() {
-        let cfg = PciConfig::builder().pcie(Some(false)).build().unwrap();
+        let cfg = PciConfig::builder()
+            .ids(0x1b36, 0x0010)
+            .pcie(Some(false))
+            .build()
+            .unwrap();
         let mut s = ConfigSpace::new(&cfg);
         assert_eq!(s.read32(0x4c) & PCIE_DEVCAP_FLR, 0);
         assert!(!w16(&mut s, 0x50, 0x8000).flr);
@@ -720,6 +738,7 @@ mod tests {
     #[test]
     fn interrupt_line_rw_pin_ro() {
         let cfg = PciConfig::builder()
+            .ids(0x1b36, 0x0010)
             .intx_pin(IntxPin::None)
             .build()
             .unwrap();
@@ -737,6 +756,7 @@ mod tests {
             vec![
                 spdk(),
                 PciConfig::builder()
+                    .ids(0x1b36, 0x0010)
                     .pm(false)
                     .bar(0, BarConfig::memory64(1 << 20).prefetchable(true))
                     .bar(3, BarConfig::memory32(16))
