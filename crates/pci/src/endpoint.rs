@@ -310,8 +310,18 @@ impl<F: PciFunction> PciEndpoint<F> {
     fn set_irqs_inner(&mut self, req: &IrqSetEvent) -> Result<(), Errno> {
         let per_vector = |i: u32| match &req.data {
             IrqSetData::Bool(b) => b.get(i as usize).copied().unwrap_or(false),
-            _ => true,
+            IrqSetData::None => true,
+            // MASK/UNMASK with eventfds install notification fds (KVM's INTx resample);
+            // they do not mask or unmask anything by themselves.
+            IrqSetData::Eventfd { .. } => false,
         };
+        if req.action != IrqAction::Trigger && matches!(req.data, IrqSetData::Eventfd { .. }) {
+            tracing::debug!(
+                index = req.index,
+                "SET_IRQS mask/unmask eventfds not supported"
+            );
+            return Err(Errno::NOTSUP);
+        }
         match (req.index, req.action) {
             (IRQ_INTX, IrqAction::Mask) if per_vector(0) && req.count > 0 => {
                 self.irq.set_intx_masked(true);
@@ -747,6 +757,19 @@ mod tests {
         ep.set_irqs(&mask(IrqAction::Unmask, IrqSetData::None))
             .unwrap();
         assert_eq!(count(&fd), 1);
+        // Unmask-notification eventfds (KVM resample) are refused, and unmask nothing.
+        ep.set_irqs(&mask(IrqAction::Mask, IrqSetData::None))
+            .unwrap();
+        assert_eq!(
+            ep.set_irqs(&mask(
+                IrqAction::Unmask,
+                IrqSetData::Eventfd { assigned: true }
+            )),
+            Err(Errno::NOTSUP)
+        );
+        assert!(ep.irq.vector_masked(7));
+        ep.set_irqs(&mask(IrqAction::Unmask, IrqSetData::None))
+            .unwrap();
         // Out-of-range start is ignored, not a panic.
         ep.set_irqs(&IrqSetEvent {
             index: IRQ_MSIX,
