@@ -519,23 +519,16 @@ impl Controller {
         }
     }
 
-    /// Doorbell Buffer Config: switches this controller's queues to shadow doorbells with
-    /// EventIdx. Queues created afterwards use them too.
+    /// Doorbell Buffer Config: I/O queues created afterwards use shadow doorbells with
+    /// EventIdx (a doorbell write traps only when the controller asked for one).
     pub fn enable_shadow_doorbells(&mut self) -> Result<(), Error> {
         let shadow = self.arena.alloc(PAGE_SIZE)?;
         let eventidx = self.arena.alloc(PAGE_SIZE)?;
         let mut c = Command::new(admin::DOORBELL_BUFFER_CONFIG);
         c.set_prp(shadow.iova(), eventidx.iova());
         self.admin(c, DataPtr::None)?;
-        let s = Shadow {
-            shadow: shadow.iova(),
-            eventidx: eventidx.iova(),
-        };
-        // The admin queue's current values seed the shadow buffer.
-        let off = self.doorbells.index_offset(0, false);
-        self.arena
-            .store_u32(s.shadow + off, u32::from(self.admin.sq_tail()))?;
-        self.admin.set_shadow(Some(s));
+        // Like Linux, only I/O queues use the shadow buffers; the admin queue keeps its
+        // MMIO doorbells.
         self.shadow = Some((shadow, eventidx));
         Ok(())
     }

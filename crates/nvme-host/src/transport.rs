@@ -14,7 +14,7 @@ pub const BAR0_REGION: u32 = 0;
 /// vfio region index of PCI config space.
 pub const CONFIG_REGION: u32 = 7;
 /// vfio irq index of MSI-X.
-pub const MSIX_IRQ: u32 = 4;
+pub const MSIX_IRQ: u32 = 2;
 /// VFIO_IRQ_SET_DATA_NONE.
 pub const IRQ_SET_DATA_NONE: u32 = 1 << 0;
 /// VFIO_IRQ_SET_DATA_EVENTFD.
