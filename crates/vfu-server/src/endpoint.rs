@@ -31,6 +31,9 @@ pub struct ServerOptions {
     pub pgsizes: u64,
     /// Offer a twin socket to clients that support one.
     pub twin_socket: bool,
+    /// How long a partial message, a reply to a server-to-client request or a blocked send
+    /// may take before the session is dropped (default [`crate::session::IO_TIMEOUT`]).
+    pub io_timeout: std::time::Duration,
 }
 
 impl Default for ServerOptions {
@@ -42,6 +45,7 @@ impl Default for ServerOptions {
             max_dma_maps: vfu_proto::DEFAULT_MAX_DMA_MAPS,
             pgsizes: vfu_proto::DEFAULT_PGSIZES,
             twin_socket: true,
+            io_timeout: crate::session::IO_TIMEOUT,
         }
     }
 }

@@ -16,6 +16,9 @@ use crate::dma::{DmaHandle, DmaTable, MapOutcome};
 use crate::endpoint::ServerOptions;
 use crate::irqs::Irqs;
 
+/// Default timeout for a message body, a reply to a server-to-client request, or a blocked send.
+pub const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionEnd {
@@ -58,6 +61,11 @@ pub fn serve_connection<D: Device + ?Sized>(
     shutdown: Option<BorrowedFd<'_>>,
 ) -> io::Result<SessionEnd> {
     let max_msg = max_msg_size(opts);
+    // A peer that stalls mid-message or stops reading replies cannot wedge the endpoint
+    // thread: partial reads and blocked sends time out and end the session.
+    let tmo = Some(opts.io_timeout).filter(|d| !d.is_zero());
+    stream.set_read_timeout(tmo)?;
+    stream.set_write_timeout(tmo)?;
     let conn = Arc::new(Conn::new(Socket::new(stream), max_msg)?);
     let info = device.device_info();
     let counts: Vec<u32> = (0..info.num_irqs.min(NUM_IRQ_INDICES))
@@ -99,19 +107,19 @@ impl<D: Device + ?Sized> Session<'_, D> {
             }
             let conn = self.conn.clone();
             let (sock_ready, wake_ready, stop) = {
-                let mut pfds = vec![
+                // No allocation on this path: the third slot repeats the wake fd when
+                // there is no shutdown fd.
+                let mut pfds = [
                     PollFd::new(&conn.sock, PollFlags::IN),
                     PollFd::from_borrowed_fd(conn.wake_fd(), PollFlags::IN),
+                    PollFd::from_borrowed_fd(shutdown.unwrap_or(conn.wake_fd()), PollFlags::IN),
                 ];
-                if let Some(sd) = shutdown {
-                    pfds.push(PollFd::from_borrowed_fd(sd, PollFlags::IN));
-                }
                 match poll(&mut pfds, None) {
                     Ok(_) | Err(Errno::INTR) => {}
                     Err(e) => return Err(io::Error::from_raw_os_error(e.raw_os_error())),
                 }
                 let ready = |i: usize| pfds.get(i).is_some_and(|p| !p.revents().is_empty());
-                (ready(0), ready(1), ready(2))
+                (ready(0), ready(1), shutdown.is_some() && ready(2))
             };
             if stop {
                 return Ok(SessionEnd::Shutdown);
@@ -274,6 +282,12 @@ impl<D: Device + ?Sized> Session<'_, D> {
         let mut twin_pair = None;
         if want_twin {
             let (ours_end, theirs) = UnixStream::pair().map_err(|_| Errno::NOMEM)?;
+            ours_end
+                .set_read_timeout(Some(IO_TIMEOUT))
+                .map_err(|_| Errno::NOMEM)?;
+            ours_end
+                .set_write_timeout(Some(IO_TIMEOUT))
+                .map_err(|_| Errno::NOMEM)?;
             ours.twin_socket = Some(TwinSocket {
                 supported: true,
                 fd_index: Some(0),

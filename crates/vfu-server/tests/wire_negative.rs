@@ -892,3 +892,27 @@ fn endpoint_socket_rules() {
         Err(ServerError::NotASocket(_))
     ));
 }
+
+#[test]
+fn stalled_partial_message_times_out_and_next_client_is_served() {
+    let srv = Running::start_with(vfu_server::ServerOptions {
+        io_timeout: std::time::Duration::from_millis(200),
+        ..Default::default()
+    });
+    let mut r = Raw::negotiated(&srv.path);
+    // a header announcing 8 payload bytes, then only 3 of them
+    r.send_bytes(
+        Header {
+            msg_id: 1,
+            command: 4,
+            msg_size: 24,
+            flags: 0,
+            error: 0,
+        }
+        .bytes(),
+    );
+    r.send_bytes(&[1, 2, 3]);
+    assert!(r.closed(), "the session must be dropped after the timeout");
+    let mut r2 = Raw::negotiated(&srv.path);
+    r2.assert_usable();
+}
