@@ -1,7 +1,12 @@
 //! Property tests: the PRP walker against the simple reference walker on random guest
 //! memory and random list layouts, and the SGL walker against the segment list a
 //! random (valid) SGL was built from.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use proptest::prelude::*;
 use sluice_nvme::prp::{reference_prp, walk_prp, walk_sgl, Seg, PAGE_SIZE};
