@@ -429,6 +429,40 @@ impl VmOutcome {
         );
     }
 
+    /// Guest kernel lines that show an NVMe protocol error (a completion for a command the
+    /// host never submitted, a timeout, a dead controller), including during power-off.
+    fn nvme_kernel_errors(&self) -> Vec<&str> {
+        const PATTERNS: &[&str] = &[
+            "genctr mismatch",
+            "could not locate request",
+            "invalid id",
+            "timeout, aborting",
+            "timeout, reset controller",
+            "controller is down",
+            "Removing after probe failure",
+            "Device not ready",
+            "I/O error",
+        ];
+        self.console
+            .lines()
+            .filter(|l| PATTERNS.iter().any(|p| l.contains(p)))
+            .collect()
+    }
+
+    /// Fails if the guest kernel logged NVMe protocol errors (see `nvme_kernel_errors`).
+    fn assert_no_nvme_kernel_errors(&self, what: &str) {
+        let errs = self.nvme_kernel_errors();
+        assert!(
+            errs.is_empty(),
+            "{what}: the guest kernel logged {} NVMe protocol error line(s), e.g. {:?} \
+             (console {}){}",
+            errs.len(),
+            &errs[..errs.len().min(5)],
+            self.console_path.display(),
+            daemon_log_tail(self.daemon_log.as_deref())
+        );
+    }
+
     /// Lines starting with `marker` (after any prefix noise).
     fn marker_lines(&self, marker: &str) -> Vec<String> {
         self.console
@@ -606,6 +640,17 @@ impl Vm {
             .rev()
             .filter_map(|l| l.find("SLUICE_RC=").map(|i| &l[i + "SLUICE_RC=".len()..]))
             .find_map(|v| v.trim().parse::<i32>().ok());
+        let kernel_errors = self
+            .console
+            .lines()
+            .filter(|l| l.contains("genctr mismatch") || l.contains("could not locate request"))
+            .count();
+        if kernel_errors > 0 {
+            eprintln!(
+                "[vm] {}: WARNING: {kernel_errors} spurious NVMe completion(s) in the guest kernel log",
+                self.name
+            );
+        }
         eprintln!(
             "[vm] {}: done after {:.1} s, rc {rc:?}{}",
             self.name,
@@ -740,6 +785,7 @@ fn vm_00_rig_with_qemu_nvme() {
         },
     );
     out.assert_ok("rig self-test on QEMU's emulated NVMe");
+    out.assert_no_nvme_kernel_errors("QEMU's emulated NVMe");
     assert_eq!(out.marker_lines("SLUICE_DISCOVERY_OK").len(), 1);
     assert_eq!(
         out.marker_lines("SLUICE_NEGATIVE_OK").len(),
@@ -869,6 +915,7 @@ fn vm_01_discovery() {
     );
     out.assert_ok("discovery of the Sluice controller");
     assert_eq!(out.marker_lines("SLUICE_DISCOVERY_OK").len(), 1);
+    out.assert_no_nvme_kernel_errors("discovery, boot and power-off of the Sluice controller");
 }
 
 /// 2. Data integrity: fio randwrite + crc32c verify (4k-128k, QD32, 2 jobs) on a RAM

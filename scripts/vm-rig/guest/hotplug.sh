@@ -1,26 +1,50 @@
-# Test 4 (hot plug). Namespace 1 runs fio verify-less randrw all along; the harness adds
-# namespace 2 after SLUICE_HOTPLUG_READY and removes it after SLUICE_NS_ADDED.
+# Test 4 (hot plug). Short fio verify runs loop on namespace 1 all along; the harness adds
+# namespace 2 after SLUICE_HOTPLUG_READY and removes it after SLUICE_NS_ADDED. Every run must
+# pass, and runs must complete while namespace 2 comes and goes.
 # Params: SN, WAIT (seconds to wait for each change).
 . /share/lib.sh
 . "${PARAMS:-/share/params.sh}"
 dev=$(wait_ns "$SN" 1 "${WAIT:-30}") || exit 1
 have_ns "$SN" 2 && fail "namespace 2 exists before the hot add"
-fio --name=bg --filename="$dev" --direct=1 --ioengine=libaio --rw=randrw --bs=4k --iodepth=16 \
-    --time_based --runtime=600 --size=32M --eta=never --output=/tmp/fio-bg.txt &
-fio_pid=$!
-sleep 1
-kill -0 "$fio_pid" 2>/dev/null || fail "background fio did not start: $(cat /tmp/fio-bg.txt)"
-echo "SLUICE_HOTPLUG_READY"
-dev2=$(wait_ns "$SN" 2 "$WAIT") || { kill "$fio_pid"; exit 1; }
+
+rm -f /tmp/bg.stop /tmp/bg.err
+echo 0 >/tmp/bg.count
+(
+    n=0
+    while [ ! -e /tmp/bg.stop ]; do
+        fio --name=bg --filename="$dev" --direct=1 --ioengine=libaio --rw=randwrite --bs=4k \
+            --iodepth=16 --size=4M --offset=$(((n % 8) * 4))M --verify=crc32c --verify_fatal=1 \
+            --eta=never --output=/tmp/bg.out
+        rc=$?
+        if [ "$rc" != 0 ] || ! grep -q 'err= 0' /tmp/bg.out; then
+            cp /tmp/bg.out /tmp/bg.err
+            break
+        fi
+        n=$((n + 1))
+        echo "$n" >/tmp/bg.count
+    done
+) &
+bg=$!
+bg_ok() { [ ! -e /tmp/bg.err ] || { cat /tmp/bg.err; fail "fio verify on namespace 1 failed during the hot plug"; }; }
+runs() { cat /tmp/bg.count; }
+wait_runs_past() { _c=$1; wait_for "$WAIT" sh -c "[ -e /tmp/bg.err ] || [ \$(cat /tmp/bg.count) -gt $_c ]"; }
+
+wait_runs_past 0 || fail "no fio run on namespace 1 completed in $WAIT s"
+bg_ok
+echo "SLUICE_HOTPLUG_READY runs=$(runs)"
+dev2=$(wait_ns "$SN" 2 "$WAIT") || { touch /tmp/bg.stop; exit 1; }
 dd if="$dev2" of=/dev/null bs=4k count=16 iflag=direct 2>/dev/null || fail "cannot read the hot-added $dev2"
-echo "SLUICE_NS_ADDED dev=$dev2"
+c=$(runs)
+wait_runs_past "$c" || fail "fio on namespace 1 made no progress after the hot add (runs $(runs))"
+bg_ok
+echo "SLUICE_NS_ADDED dev=$dev2 runs=$(runs)"
 gone() { ! have_ns "$SN" 2; }
-wait_for "$WAIT" gone || { kill "$fio_pid"; fail "namespace 2 still present $WAIT s after the hot remove"; }
-echo "SLUICE_NS_REMOVED"
-kill -0 "$fio_pid" 2>/dev/null || fail "fio on namespace 1 stopped during the hot plug: $(cat /tmp/fio-bg.txt)"
-kill -INT "$fio_pid"
-wait "$fio_pid"
-rc=$?
-cat /tmp/fio-bg.txt
-grep -q 'err= 0' /tmp/fio-bg.txt || fail "fio on namespace 1 reported errors (rc $rc)"
-echo "SLUICE_HOTPLUG_OK"
+wait_for "$WAIT" gone || { touch /tmp/bg.stop; fail "namespace 2 still present $WAIT s after the hot remove"; }
+c=$(runs)
+wait_runs_past "$c" || fail "fio on namespace 1 made no progress after the hot remove (runs $(runs))"
+bg_ok
+echo "SLUICE_NS_REMOVED runs=$(runs)"
+touch /tmp/bg.stop
+wait "$bg"
+bg_ok
+echo "SLUICE_HOTPLUG_OK runs=$(runs)"
