@@ -17,6 +17,7 @@ pub mod identify;
 pub mod identify_tool;
 pub mod io;
 pub mod perf;
+pub mod probe;
 pub mod prp;
 pub mod queue;
 pub mod regs;
