@@ -592,6 +592,8 @@ impl<D: Device + ?Sized> Session<'_, D> {
                     }
                 }
             }
+            // Mask/unmask notification eventfds: passed to the device only (fds dropped).
+            (IrqAction::Mask | IrqAction::Unmask, IrqSetData::Eventfd { .. }) => {}
             (IrqAction::Mask | IrqAction::Unmask, d) => {
                 let mask = action == IrqAction::Mask;
                 for (i, v) in (req.start..req.start.saturating_add(req.count)).enumerate() {
