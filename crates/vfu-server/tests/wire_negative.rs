@@ -609,6 +609,12 @@ fn device_set_irqs_positive() {
         .bytes(),
         &[e1.as_fd()],
     );
+    // mask notification eventfds are accepted (and only reported to the device)
+    ok(
+        &mut r,
+        irq_set(IRQ_SET_ACTION_MASK | IRQ_SET_DATA_EVENTFD, 0, 0, 1).bytes(),
+        &[e2.as_fd()],
+    );
     r.assert_usable();
     drop(r);
     let dev = srv.stop();
