@@ -768,12 +768,14 @@ fn vm_00_rig_with_qemu_nvme() {
     params.push(("QSN", "qemu-nvme-1".to_string()));
     params.push(("SECS", "2".to_string()));
     let share = s.sub("share");
-    // negative.sh runs check-blocks.sh; the share gets it too.
-    fs::copy(
-        repo_root().join("scripts/vm-rig/guest/check-blocks.sh"),
-        share.join("check-blocks.sh"),
-    )
-    .unwrap();
+    // negative.sh runs check-blocks.sh and hotplug.sh; the share gets them too.
+    for extra in ["check-blocks.sh", "hotplug.sh"] {
+        fs::copy(
+            repo_root().join("scripts/vm-rig/guest").join(extra),
+            share.join(extra),
+        )
+        .unwrap();
+    }
     let out = run_guest(
         "vm_00_rig",
         &share,
@@ -789,7 +791,7 @@ fn vm_00_rig_with_qemu_nvme() {
     assert_eq!(out.marker_lines("SLUICE_DISCOVERY_OK").len(), 1);
     assert_eq!(
         out.marker_lines("SLUICE_NEGATIVE_OK").len(),
-        9,
+        10,
         "every negative check must have been caught"
     );
     assert_eq!(out.marker_lines("SLUICE_VERIFY_OK").len(), 1);

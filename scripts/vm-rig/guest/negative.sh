@@ -20,4 +20,7 @@ PARAMS=/dev/null SN=$SN BLOCKS="0:$good" sh -c '. /share/check-blocks.sh' >/tmp/
     { cat /tmp/pos.out; fail "check-blocks rejected a correct block"; }
 expect_fail lost-block check-blocks.sh "BLOCKS='0:00000000000000000000000000000000'"
 expect_fail no-blocks check-blocks.sh "BLOCKS=''"
+# The hot plug check on a controller where nothing is hot-added must fail (and stop its I/O).
+expect_fail no-hot-add hotplug.sh "WAIT=3"
+wait_for 60 sh -c '! pgrep -f name=bg >/dev/null' || fail "hotplug.sh left its fio loop running"
 echo "SLUICE_NEGATIVES_DONE"
