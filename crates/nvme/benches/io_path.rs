@@ -9,7 +9,13 @@
 //!     --toggle-collect='*Controller::poll_with*' target-*/release/deps/io_path-<hash>
 //! ```
 //! then divide the reported `Collected` Ir by the number of I/Os.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    missing_docs
+)]
 
 use std::sync::Arc;
 
