@@ -669,16 +669,18 @@ impl Vm {
     fn kill(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
             let pgid = self.child.id();
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{pgid}")])
+            // The shell's own `kill` (no procps needed) signals the whole process group:
+            // qemu.sh -> unshare -> chroot -> timeout -> qemu-system-x86_64.
+            let _ = Command::new("/bin/sh")
+                .arg("-c")
+                .arg(format!("kill -KILL -{pgid}"))
                 .stderr(Stdio::null())
                 .status();
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
-        for r in self.readers.drain(..) {
-            let _ = r.join();
-        }
+        // Readers end when the last holder of the pipes exits; never block on them here.
+        self.readers.clear();
     }
 }
 
