@@ -41,7 +41,7 @@ pub enum ClientError {
         /// Method called.
         method: String,
         /// Request sent (pretty-printed when reported).
-        request: Value,
+        request: Box<Value>,
         /// Error code.
         code: i64,
         /// Error message.
@@ -98,7 +98,7 @@ impl Client {
         if let Some(err) = resp.get("error") {
             return Err(ClientError::Rpc {
                 method: method.to_owned(),
-                request: req,
+                request: Box::new(req),
                 code: err.get("code").and_then(Value::as_i64).unwrap_or(0),
                 message: err
                     .get("message")

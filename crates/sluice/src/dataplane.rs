@@ -21,6 +21,9 @@ pub enum DataPlaneError {
     /// A live process already serves this socket.
     #[error("socket {0} is in use by a running process")]
     SocketInUse(PathBuf),
+    /// Anything else (backend, controller, thread creation).
+    #[error("{0}")]
+    Other(String),
     /// Socket creation failed.
     #[error("cannot create socket {path}: {source}")]
     Socket {
@@ -59,19 +62,38 @@ pub trait Endpoint: Send {
     fn controller(&self) -> Option<ControllerInfo>;
 }
 
+/// Everything needed to start serving a listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenRequest<'a> {
+    /// The subsystem (identity, limits).
+    pub subsystem: &'a crate::nvmf::Subsystem,
+    /// Transport options (queue limits, BAR0 / doorbell / irq modes).
+    pub transport: &'a crate::nvmf::TransportOpts,
+    /// `<traddr>/cntrl`, already validated.
+    pub socket: &'a Path,
+    /// Namespaces to expose.
+    pub namespaces: &'a [NamespaceView],
+}
+
 /// What the registries need from the data plane.
 pub trait DataPlane: Send {
-    /// Start serving subsystem `nqn` at `socket` (a path `<traddr>/cntrl` already validated).
-    fn listen(
-        &mut self,
-        nqn: &str,
-        socket: &Path,
-        namespaces: &[NamespaceView],
-    ) -> Result<Box<dyn Endpoint>, DataPlaneError>;
+    /// Build the backend of a validated registry entry; returns the real
+    /// (block_size, num_blocks) (file backends may detect other values).
+    fn create_bdev(&mut self, bdev: &crate::bdevs::Bdev) -> Result<(u32, u64), String>;
+    /// Drop the backend of a bdev that is no longer registered.
+    fn delete_bdev(&mut self, name: &str);
+    /// Apply QoS limits.
+    fn set_qos(&mut self, name: &str, qos: &crate::bdevs::QosLimits) -> Result<(), String>;
+    /// `bdev_get_iostat` for these bdevs (None: no statistics kept).
+    fn iostat(&self, names: &[String]) -> Option<Value>;
+    /// Start serving a listener.
+    fn listen(&mut self, req: &ListenRequest<'_>) -> Result<Box<dyn Endpoint>, DataPlaneError>;
     /// The namespace set of `nqn` changed (live add/remove: controllers raise the AEN).
     fn namespaces_changed(&mut self, nqn: &str, namespaces: &[NamespaceView]);
     /// `nvmf_get_stats` `poll_groups` array.
     fn poll_group_stats(&self) -> Value;
+    /// Called once at shutdown after every endpoint was dropped: flush, stop threads.
+    fn shutdown(&mut self) {}
 }
 
 /// Remove `path` if it is a socket nobody listens on (left by a crash or kill -9).
@@ -99,7 +121,9 @@ pub fn clean_stale_socket(path: &Path) -> Result<(), DataPlaneError> {
     }
 }
 
-/// Data plane that owns listener sockets only (vfio-user serving not wired yet).
+/// Control-plane-only data plane: owns listener sockets (closing every connection) and no
+/// backends. Used by unit tests of the registries; the daemon uses
+/// [`crate::nvme_plane::NvmePlane`].
 #[derive(Debug)]
 pub struct SocketDataPlane {
     poll_threads: Vec<usize>,
@@ -113,13 +137,25 @@ impl SocketDataPlane {
 }
 
 impl DataPlane for SocketDataPlane {
-    fn listen(
-        &mut self,
-        nqn: &str,
-        socket: &Path,
-        _namespaces: &[NamespaceView],
-    ) -> Result<Box<dyn Endpoint>, DataPlaneError> {
-        Ok(Box::new(SocketEndpoint::bind(nqn, socket)?))
+    fn create_bdev(&mut self, bdev: &crate::bdevs::Bdev) -> Result<(u32, u64), String> {
+        Ok((bdev.block_size, bdev.num_blocks))
+    }
+
+    fn delete_bdev(&mut self, _name: &str) {}
+
+    fn set_qos(&mut self, _name: &str, _qos: &crate::bdevs::QosLimits) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn iostat(&self, _names: &[String]) -> Option<Value> {
+        None
+    }
+
+    fn listen(&mut self, req: &ListenRequest<'_>) -> Result<Box<dyn Endpoint>, DataPlaneError> {
+        Ok(Box::new(SocketEndpoint::bind(
+            &req.subsystem.nqn,
+            req.socket,
+        )?))
     }
 
     fn namespaces_changed(&mut self, nqn: &str, namespaces: &[NamespaceView]) {
@@ -226,12 +262,11 @@ mod tests {
     fn endpoint_binds_and_removes_socket() {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("cntrl");
-        let mut dp = SocketDataPlane::new(vec![0]);
-        let ep = dp.listen("nqn.x", &sock, &[]).unwrap();
+        let ep = SocketEndpoint::bind("nqn.x", &sock).unwrap();
         assert!(sock.exists());
         // A second live listener on the same path is refused.
         assert!(matches!(
-            dp.listen("nqn.x", &sock, &[]),
+            SocketEndpoint::bind("nqn.x", &sock),
             Err(DataPlaneError::SocketInUse(_))
         ));
         drop(ep);

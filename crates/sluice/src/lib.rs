@@ -7,6 +7,7 @@ pub mod client;
 pub mod daemon;
 pub mod dataplane;
 pub mod jsonrpc;
+pub mod nvme_plane;
 pub mod nvmf;
 pub mod params;
 pub mod serve;

@@ -86,7 +86,10 @@ fn rpc_main(args: &[String]) -> ExitCode {
                 i += 2;
             }
             "-h" | "--help" => {
-                println!("{usage}\nmethods: {}", sluice::client::known_methods().join(", "));
+                println!(
+                    "{usage}\nmethods: {}",
+                    sluice::client::known_methods().join(", ")
+                );
                 return ExitCode::SUCCESS;
             }
             _ => break,

@@ -13,8 +13,8 @@ use nix::sys::signal::{SigSet, Signal};
 use serde_json::{json, Value};
 
 use crate::daemon::Daemon;
-use crate::dataplane::SocketDataPlane;
 use crate::jsonrpc::Dispatch;
+use crate::nvme_plane::NvmePlane;
 use crate::server::RpcSocket;
 use crate::target::Target;
 
@@ -258,7 +258,13 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
             }
         });
     });
-    let target = Target::new(Box::new(SocketDataPlane::new(cpus)));
+    let mode = match args.poll_mode {
+        PollMode::Busy => crate::nvme_plane::Mode::Busy,
+        PollMode::Adaptive => crate::nvme_plane::Mode::Adaptive,
+    };
+    let plane = NvmePlane::new(&cpus, mode)
+        .map_err(|e| ServeError::Usage(format!("cannot start poll threads: {e}")))?;
+    let target = Target::new(Box::new(plane));
     let daemon = Arc::new(Daemon::new(target, !args.wait_for_rpc, kill));
 
     let startup = || -> Result<(), ServeError> {
@@ -274,7 +280,10 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
             tracing::info!(path = %path.display(), "configuration applied");
         } else if !args.wait_for_rpc && !args.empty {
             let text = quickstart(&daemon, &args)?;
-            println!("{text}");
+            // Never die on a closed stdout (EPIPE): the daemon keeps serving.
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{text}").and_then(|()| out.flush());
         }
         Ok(())
     };

@@ -98,7 +98,7 @@ impl Target {
             .ok_or_else(|| bad(format!("nqn: subsystem '{nqn}' not found")))
     }
 
-    fn register_bdev(&mut self, b: Bdev) -> Result<Value, RpcError> {
+    fn register_bdev(&mut self, mut b: Bdev) -> Result<Value, RpcError> {
         if self.bdev(&b.name).is_some() {
             return Err(RpcError::new(
                 -17,
@@ -114,6 +114,12 @@ impl Target {
                 format!("File exists: a bdev with uuid {} already exists", b.uuid),
             ));
         }
+        let (block_size, num_blocks) = self
+            .dataplane
+            .create_bdev(&b)
+            .map_err(|e| bad(format!("cannot create bdev '{}': {e}", b.name)))?;
+        b.block_size = block_size;
+        b.num_blocks = num_blocks;
         let name = b.name.clone();
         self.bdevs.push(b);
         Ok(json!(name))
@@ -137,6 +143,7 @@ impl Target {
             )));
         }
         self.bdevs.remove(idx);
+        self.dataplane.delete_bdev(&p.name);
         Ok(json!(true))
     }
 
@@ -249,6 +256,10 @@ impl Target {
                 .ok_or_else(|| RpcError::new(-19, format!("No such device: bdev '{n}'")))?],
             None => self.bdevs.iter().collect(),
         };
+        let names: Vec<String> = selected.iter().map(|b| b.name.clone()).collect();
+        if let Some(v) = self.dataplane.iostat(&names) {
+            return Ok(v);
+        }
         let bdevs: Vec<Value> = selected
             .iter()
             .map(|b| {
@@ -278,6 +289,9 @@ impl Target {
             .ok_or_else(|| RpcError::new(-19, format!("No such device: bdev '{}'", p.name)))?;
         let old = self.bdevs.get(idx).map(|b| b.qos).unwrap_or_default();
         let new = p.apply(old)?;
+        self.dataplane
+            .set_qos(&p.name, &new)
+            .map_err(|e| bad(format!("name: cannot set QoS on '{}': {e}", p.name)))?;
         if let Some(b) = self.bdevs.get_mut(idx) {
             b.qos = new;
         }
@@ -462,9 +476,19 @@ impl Target {
             .get(idx)
             .ok_or_else(|| RpcError::internal("subsystem vanished"))?;
         let views = Self::ns_views(sub);
+        let transport = self
+            .transport
+            .as_ref()
+            .ok_or_else(|| RpcError::internal("transport vanished"))?;
+        let socket = addr.socket_path();
         let ep = self
             .dataplane
-            .listen(&p.nqn, &addr.socket_path(), &views)
+            .listen(&crate::dataplane::ListenRequest {
+                subsystem: sub,
+                transport,
+                socket: &socket,
+                namespaces: &views,
+            })
             .map_err(|e| bad(format!("listen_address.traddr: {e}")))?;
         self.endpoints.insert(addr.traddr.clone(), ep);
         if let Some(sub) = self.subsystems.get_mut(idx) {
@@ -559,5 +583,6 @@ impl Target {
     /// Tear down every endpoint (socket removal included), in order.
     pub fn shutdown(&mut self) {
         self.endpoints.clear();
+        self.dataplane.shutdown();
     }
 }

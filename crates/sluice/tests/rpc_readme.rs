@@ -176,10 +176,10 @@ fn quickstart_prints_qemu_and_cloud_hypervisor_lines() {
         &["--quickstart-dir", &qs_s, "--quickstart-size-mib", "16"],
     );
     let sock = qs.join("cntrl");
-    assert!(sock.exists());
     let stdout = d.child.as_mut().unwrap().stdout.take().unwrap();
     let mut text = String::new();
-    for line in BufReader::new(stdout).lines() {
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
         let line = line.unwrap();
         let done = line.contains("Stop with Ctrl-C");
         text.push_str(&line);
@@ -188,6 +188,7 @@ fn quickstart_prints_qemu_and_cloud_hypervisor_lines() {
             break;
         }
     }
+    assert!(sock.exists());
     let sock_s = sock.display().to_string();
     assert!(text.contains(&format!(
         "-device '{{\"driver\":\"vfio-user-pci\",\"socket\":{{\"path\":\"{sock_s}\",\"type\":\"unix\"}}}}'"
@@ -205,6 +206,7 @@ fn quickstart_prints_qemu_and_cloud_hypervisor_lines() {
     let subs = d.rpc_json(&["nvmf_get_subsystems"]);
     assert_eq!(subs[1]["namespaces"][0]["bdev_name"], "Malloc0");
     let (status, _) = d.terminate();
+    drop(lines);
     assert!(status.success());
     assert!(!sock.exists(), "quickstart socket removed on SIGTERM");
 }

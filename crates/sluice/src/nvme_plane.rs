@@ -1,0 +1,448 @@
+//! The real data plane: poll threads (one per `-m` CPU, pinned) running `sluice_nvme`
+//! pollers, one NVMe controller per listener placed on the least-loaded poller, each served
+//! by a `vfu_server` endpoint thread through `sluice_nvme::pci::nvme_endpoint`; namespaces
+//! are `sluice_bdev` block devices.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sluice_bdev::rpc as brpc;
+use sluice_nvme::pci::{nvme_endpoint, NvmePciIds};
+use sluice_nvme::{Controller, ControllerConfig, ControllerHandle, NoInterrupts, PollerHandle};
+use vfu_server::{Server, ServerOptions, ShutdownHandle};
+
+use crate::bdevs::{Bdev, BdevKind, QosLimits};
+use crate::dataplane::{
+    ControllerInfo, DataPlane, DataPlaneError, Endpoint, ListenRequest, NamespaceView,
+};
+
+/// Poll thread mode (maps to `sluice_nvme::PollMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Spin.
+    Busy,
+    /// Spin under load, sleep with backoff when idle.
+    Adaptive,
+}
+
+struct PollThread {
+    cpu: usize,
+    handle: PollerHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What a live endpoint shares with the data plane (for namespace changes and stats).
+#[derive(Debug)]
+struct Live {
+    nqn: String,
+    poller: usize,
+    cntlid: u16,
+    handle: ControllerHandle,
+}
+
+/// The NVMe data plane.
+pub struct NvmePlane {
+    pollers: Vec<PollThread>,
+    bdevs: HashMap<String, Arc<dyn sluice_bdev::Bdev>>,
+    live: Vec<Weak<Live>>,
+    next_cntlid: HashMap<String, u16>,
+}
+
+impl std::fmt::Debug for NvmePlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NvmePlane")
+            .field("pollers", &self.pollers.len())
+            .field("bdevs", &self.bdevs.len())
+            .finish()
+    }
+}
+
+fn pin_to(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    let pinned = set
+        .set(cpu)
+        .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set));
+    if let Err(e) = pinned {
+        tracing::warn!(cpu, error = %e, "cannot pin poll thread");
+    }
+}
+
+impl NvmePlane {
+    /// Start one pinned poll thread per CPU.
+    pub fn new(cpus: &[usize], mode: Mode) -> std::io::Result<Self> {
+        let mut pollers = Vec::new();
+        for (i, &cpu) in cpus.iter().enumerate() {
+            let (mut poller, handle) = sluice_nvme::Poller::new();
+            let pm = match mode {
+                Mode::Busy => sluice_nvme::PollMode::Busy,
+                Mode::Adaptive => sluice_nvme::PollMode::default(),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("sluice-poll-{i}"))
+                .spawn(move || {
+                    pin_to(cpu);
+                    poller.run(pm);
+                })?;
+            pollers.push(PollThread {
+                cpu,
+                handle,
+                thread: Some(thread),
+            });
+        }
+        Ok(Self {
+            pollers,
+            bdevs: HashMap::new(),
+            live: Vec::new(),
+            next_cntlid: HashMap::new(),
+        })
+    }
+
+    fn live(&self) -> Vec<Arc<Live>> {
+        self.live.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    fn least_loaded(&self) -> Option<(usize, &PollerHandle)> {
+        self.pollers
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, p)| p.handle.controller_count())
+            .map(|(i, p)| (i, &p.handle))
+    }
+
+    fn bdev(&self, name: &str) -> Result<Arc<dyn sluice_bdev::Bdev>, String> {
+        self.bdevs
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("bdev '{name}' has no backend"))
+    }
+}
+
+fn controller_config(req: &ListenRequest<'_>, cntlid: u16) -> ControllerConfig {
+    let t = req.transport;
+    // max_io_size is a validated power of two >= 4096.
+    let mdts = u8::try_from(t.max_io_size.trailing_zeros().saturating_sub(12)).unwrap_or(5);
+    ControllerConfig {
+        serial: req.subsystem.serial_number.clone(),
+        model: req.subsystem.model_number.clone(),
+        subnqn: req.subsystem.nqn.clone(),
+        cntlid,
+        max_io_queues: t.max_io_qpairs_per_ctrlr,
+        max_queue_depth: u32::from(t.max_queue_depth),
+        mdts,
+        max_namespaces: req.subsystem.max_namespaces,
+        mappable_bar0: !t.disable_mappable_bar0,
+        shadow_doorbells: !t.disable_shadow_doorbells,
+        adaptive_irq: !t.disable_adaptive_irq,
+        ..ControllerConfig::default()
+    }
+}
+
+impl DataPlane for NvmePlane {
+    fn create_bdev(&mut self, b: &Bdev) -> Result<(u32, u64), String> {
+        let uuid = Some(b.uuid.hyphenated().to_string());
+        let made = match &b.kind {
+            BdevKind::Null => brpc::bdev_null_create(&brpc::NullCreateParams {
+                name: b.name.clone(),
+                block_size: b.block_size,
+                num_blocks: b.num_blocks,
+                uuid,
+                physical_block_size: None,
+                md_size: None,
+                dif_type: None,
+            }),
+            BdevKind::Malloc { .. } => brpc::bdev_malloc_create(
+                &brpc::MallocCreateParams {
+                    name: Some(b.name.clone()),
+                    block_size: b.block_size,
+                    num_blocks: b.num_blocks,
+                    uuid,
+                    md_size: None,
+                    dif_type: None,
+                },
+                || b.name.clone(),
+            ),
+            BdevKind::Aio {
+                filename,
+                block_size_param,
+                readonly,
+                fallocate,
+            } => brpc::bdev_aio_create(&brpc::AioCreateParams {
+                name: b.name.clone(),
+                filename: filename.clone(),
+                block_size: *block_size_param,
+                readonly: *readonly,
+                fallocate: *fallocate,
+                uuid,
+                nowait: false,
+            }),
+            BdevKind::Uring {
+                filename,
+                block_size_param,
+            } => brpc::bdev_uring_create(&brpc::UringCreateParams {
+                name: b.name.clone(),
+                filename: filename.clone(),
+                block_size: *block_size_param,
+                uuid,
+            }),
+        }
+        .map_err(|e| e.to_string())?;
+        let geometry = (made.info().block_size, made.info().num_blocks);
+        if b.qos != QosLimits::default() {
+            apply_qos(made.as_ref(), &b.qos)?;
+        }
+        self.bdevs.insert(b.name.clone(), made);
+        Ok(geometry)
+    }
+
+    fn delete_bdev(&mut self, name: &str) {
+        self.bdevs.remove(name);
+    }
+
+    fn set_qos(&mut self, name: &str, qos: &QosLimits) -> Result<(), String> {
+        let b = self.bdev(name)?;
+        apply_qos(b.as_ref(), qos)
+    }
+
+    fn iostat(&self, names: &[String]) -> Option<Value> {
+        let list: Vec<Arc<dyn sluice_bdev::Bdev>> = names
+            .iter()
+            .filter_map(|n| self.bdevs.get(n).cloned())
+            .collect();
+        Some(brpc::iostat_json(&list))
+    }
+
+    fn listen(&mut self, req: &ListenRequest<'_>) -> Result<Box<dyn Endpoint>, DataPlaneError> {
+        let other = |m: String| DataPlaneError::Other(m);
+        // Bind first: a bad or busy path fails before anything else is built.
+        let server = Server::bind(req.socket, ServerOptions::default()).map_err(|e| match e {
+            vfu_server::ServerError::InUse(p) => DataPlaneError::SocketInUse(p),
+            e => other(e.to_string()),
+        })?;
+        let nqn = &req.subsystem.nqn;
+        let counter = self
+            .next_cntlid
+            .entry(nqn.clone())
+            .or_insert(req.subsystem.min_cntlid);
+        let cntlid = *counter;
+        *counter = if cntlid >= req.subsystem.max_cntlid {
+            req.subsystem.min_cntlid
+        } else {
+            cntlid.saturating_add(1)
+        };
+        let cfg = controller_config(req, cntlid);
+        let mut ctrl = Controller::new(cfg, Arc::new(NoInterrupts))
+            .map_err(|e| other(format!("controller: {e}")))?;
+        for ns in req.namespaces {
+            let b = self.bdev(&ns.bdev_name).map_err(other)?;
+            ctrl.add_namespace(Some(ns.nsid), b)
+                .map_err(|e| other(format!("namespace {}: {e}", ns.nsid)))?;
+        }
+        let (idx, poller) = self
+            .least_loaded()
+            .ok_or_else(|| other("no poll thread".into()))?;
+        let (mut ep, handle) =
+            nvme_endpoint(ctrl, NvmePciIds::default(), poller).map_err(|e| other(e.to_string()))?;
+        let stop = server.shutdown_handle();
+        let path = req.socket.to_path_buf();
+        let thread_nqn = nqn.clone();
+        let thread = std::thread::Builder::new()
+            .name("sluice-endpoint".into())
+            .spawn(move || {
+                if let Err(e) = server.serve(&mut ep) {
+                    tracing::warn!(nqn = thread_nqn, error = %e, "endpoint stopped");
+                }
+                // `ep` and `server` drop here: the socket file is removed.
+            })
+            .map_err(|e| other(format!("endpoint thread: {e}")))?;
+        let live = Arc::new(Live {
+            nqn: nqn.clone(),
+            poller: idx,
+            cntlid,
+            handle,
+        });
+        self.live.retain(|w| w.strong_count() > 0);
+        self.live.push(Arc::downgrade(&live));
+        tracing::info!(nqn, socket = %path.display(), cntlid, poller = idx, "listening");
+        Ok(Box::new(NvmeEndpoint {
+            path,
+            stop,
+            thread: Some(thread),
+            live: Some(live),
+        }))
+    }
+
+    fn namespaces_changed(&mut self, nqn: &str, namespaces: &[NamespaceView]) {
+        for l in self.live().into_iter().filter(|l| l.nqn == nqn) {
+            let current = match l.handle.call(false, |c| c.namespaces()) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(nqn, error = %e, "controller unreachable");
+                    continue;
+                }
+            };
+            for nsid in current
+                .iter()
+                .filter(|id| namespaces.iter().all(|n| n.nsid != **id))
+            {
+                if let Err(e) = l.handle.remove_namespace(*nsid) {
+                    tracing::warn!(nqn, nsid, error = %e, "namespace removal failed");
+                }
+            }
+            for ns in namespaces.iter().filter(|n| !current.contains(&n.nsid)) {
+                let added = self.bdev(&ns.bdev_name).and_then(|b| {
+                    l.handle
+                        .add_namespace(Some(ns.nsid), b)
+                        .map_err(|e| e.to_string())
+                });
+                if let Err(e) = added {
+                    tracing::warn!(nqn, nsid = ns.nsid, error = %e, "namespace add failed");
+                }
+            }
+        }
+    }
+
+    fn poll_group_stats(&self) -> Value {
+        let live = self.live();
+        let groups: Vec<Value> = self
+            .pollers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut admin = 0u64;
+                let mut io = 0u64;
+                let mut completed = 0u64;
+                let mut cq_full = 0u64;
+                let mut intr = 0u64;
+                for l in live.iter().filter(|l| l.poller == i) {
+                    admin += 1;
+                    if let Ok(s) = l.handle.stats() {
+                        io += s.io_commands;
+                        completed += s.completions;
+                        cq_full += s.cq_full;
+                        intr += s.interrupts;
+                    }
+                }
+                json!({
+                    "name": format!("nvmf_tgt_poll_group_{i:03}"),
+                    "cpu": p.cpu,
+                    "admin_qpairs": admin,
+                    "io_qpairs": 0,
+                    "current_admin_qpairs": admin,
+                    "current_io_qpairs": 0,
+                    "current_unassociated_qpairs": 0,
+                    "pending_bdev_io": 0,
+                    "completed_nvme_io": io,
+                    "transports": [{"trtype": "VFIOUSER", "cq_full": cq_full, "intr": intr,
+                                    "completions": completed}]
+                })
+            })
+            .collect();
+        Value::Array(groups)
+    }
+
+    fn shutdown(&mut self) {
+        // Endpoints are gone (their controllers quiesced and detached): flush backends.
+        for (name, b) in &self.bdevs {
+            if b.info().caps.flush {
+                if let Err(e) = flush(b.as_ref()) {
+                    tracing::warn!(bdev = name, error = %e, "flush at shutdown failed");
+                }
+            }
+        }
+        for p in &self.pollers {
+            p.handle.stop();
+        }
+        for p in &mut self.pollers {
+            if let Some(t) = p.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+fn apply_qos(b: &dyn sluice_bdev::Bdev, q: &QosLimits) -> Result<(), String> {
+    let s = sluice_bdev::qos::QosSettings {
+        rw_ios_per_sec: Some(q.rw_ios_per_sec),
+        rw_mbytes_per_sec: Some(q.rw_mbytes_per_sec),
+        r_mbytes_per_sec: Some(q.r_mbytes_per_sec),
+        w_mbytes_per_sec: Some(q.w_mbytes_per_sec),
+    };
+    brpc::bdev_set_qos_limit(b, &s).map_err(|e| e.to_string())
+}
+
+/// Flush one bdev through a fresh channel, waiting at most 10 s.
+fn flush(b: &dyn sluice_bdev::Bdev) -> Result<(), String> {
+    let mut ch = b.open_channel().map_err(|e| e.to_string())?;
+    ch.submit(sluice_bdev::IoRequest::new(
+        sluice_bdev::IoOp::Flush,
+        0,
+        0,
+        1,
+    ))
+    .map_err(|_| "flush rejected".to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut result = None;
+    while result.is_none() {
+        ch.poll(&mut |c| result = Some(c.result));
+        if Instant::now() > deadline {
+            return Err("flush timed out".into());
+        }
+        if result.is_none() {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+    match result {
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) => Err(e.to_string()),
+        None => Err("no completion".into()),
+    }
+}
+
+/// A listener: endpoint thread + controller on a poller.
+struct NvmeEndpoint {
+    path: PathBuf,
+    stop: ShutdownHandle,
+    thread: Option<JoinHandle<()>>,
+    live: Option<Arc<Live>>,
+}
+
+impl Endpoint for NvmeEndpoint {
+    fn socket_path(&self) -> &Path {
+        &self.path
+    }
+
+    fn controller(&self) -> Option<ControllerInfo> {
+        let live = self.live.as_ref()?;
+        let csts = live.handle.shared().csts();
+        (csts & 1 == 1).then_some(ControllerInfo {
+            cntlid: live.cntlid,
+            num_io_qpairs: 0,
+        })
+    }
+}
+
+impl Drop for NvmeEndpoint {
+    fn drop(&mut self) {
+        // Stop accepting, detach the client (drops its DMA maps), remove the socket.
+        self.stop.shutdown();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        // Let in-flight I/O finish (quiesce), then take the controller off its poller.
+        if let Some(live) = self.live.take() {
+            let _ = live.handle.call(true, |_| ());
+            match Arc::try_unwrap(live) {
+                Ok(l) => {
+                    if let Err(e) = l.handle.detach() {
+                        tracing::debug!(error = %e, "controller detach");
+                    }
+                }
+                Err(_) => tracing::debug!("controller still referenced; left on poller"),
+            }
+        }
+    }
+}
