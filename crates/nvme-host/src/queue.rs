@@ -143,6 +143,7 @@ pub struct QueuePair {
     cq_head: u16,
     phase: bool,
     free_cids: Vec<u16>,
+    busy: Vec<bool>,
     list_pages: Vec<Option<DmaBuf>>,
     arena: Arc<DmaArena>,
     db: Doorbells,
@@ -188,6 +189,7 @@ impl QueuePair {
             cq_head: 0,
             phase: true,
             free_cids: (0..usable).rev().collect(),
+            busy: vec![false; usize::from(usable)],
             list_pages: (0..usable).map(|_| None).collect(),
             arena: arena.clone(),
             db,
@@ -255,6 +257,7 @@ impl QueuePair {
         self.phase = true;
         let usable = self.depth - 1;
         self.free_cids = (0..usable).rev().collect();
+        self.busy = vec![false; usize::from(usable)];
         self.pending.clear();
         self.shadow = None;
         self.cq.fill(0)?;
@@ -339,6 +342,9 @@ impl QueuePair {
             self.free_cids.push(cid);
             return Err(e.into());
         }
+        if let Some(b) = self.busy.get_mut(usize::from(cid)) {
+            *b = true;
+        }
         self.sq_tail = (self.sq_tail + 1) % self.depth;
         Ok(cid)
     }
@@ -347,14 +353,39 @@ impl QueuePair {
         match data {
             DataPtr::None => Ok(()),
             DataPtr::Prp { iova, len } => {
-                let entries = prp_entries(&[(iova, len)], PAGE_SIZE)?;
-                let lists = if entries.len() > 2 {
-                    vec![self.list_page(cid)?]
+                // Fast path without allocation: one contiguous buffer, at most one list page.
+                if len == 0 || iova % 4 != 0 {
+                    return Err(Error::InvalidArgument("PRP buffer must be dword aligned"));
+                }
+                let end = iova
+                    .checked_add(len)
+                    .ok_or(Error::InvalidArgument("PRP buffer wraps"))?;
+                let first_page_end = (iova & !(PAGE_SIZE - 1)) + PAGE_SIZE;
+                cmd.set_psdt(0);
+                if end <= first_page_end {
+                    cmd.set_prp(iova, 0);
+                } else if end <= first_page_end + PAGE_SIZE {
+                    cmd.set_prp(iova, first_page_end);
                 } else {
-                    Vec::new()
-                };
-                let plan = plan_prp(&entries, &lists, PAGE_SIZE)?;
-                Self::apply_prp(&self.arena, cmd, &plan)
+                    let rest = (end - first_page_end).div_ceil(PAGE_SIZE);
+                    if rest > PAGE_SIZE / 8 {
+                        // Needs chained lists: take the general path.
+                        let entries = prp_entries(&[(iova, len)], PAGE_SIZE)?;
+                        let plan = plan_prp(&entries, &[self.list_page(cid)?], PAGE_SIZE)?;
+                        return Self::apply_prp(&self.arena, cmd, &plan);
+                    }
+                    let list = self.list_page(cid)?;
+                    let mut page = [0u8; PAGE_SIZE as usize];
+                    let n = rest as usize;
+                    for (i, chunk) in page.chunks_exact_mut(8).take(n).enumerate() {
+                        chunk.copy_from_slice(
+                            &(first_page_end + i as u64 * PAGE_SIZE).to_le_bytes(),
+                        );
+                    }
+                    self.arena.write(list, page.get(..n * 8).unwrap_or(&[]))?;
+                    cmd.set_prp(iova, list);
+                }
+                Ok(())
             }
             DataPtr::Sgl { iova, len } => {
                 let plan = plan_sgl(&[(iova, len)], &[])?;
@@ -378,6 +409,7 @@ impl QueuePair {
     /// Reaps up to `max` completions, calling `f` for each, then rings the CQ head doorbell.
     pub fn poll(&mut self, max: usize, mut f: impl FnMut(Completion)) -> Result<usize, Error> {
         let mut n = 0;
+        let mut reaped = false;
         while n < max {
             if let Some(c) = self.pending.pop_front() {
                 f(c);
@@ -386,11 +418,15 @@ impl QueuePair {
             }
             match self.reap_one()? {
                 Some(c) => {
+                    reaped = true;
                     f(c);
                     n += 1;
                 }
                 None => break,
             }
+        }
+        if reaped {
+            self.ring(true, self.cq_head)?;
         }
         Ok(n)
     }
@@ -419,16 +455,17 @@ impl QueuePair {
                 "completion with bad SQ head"
             );
         }
-        if usize::from(c.cid) < self.list_pages.len() && !self.free_cids.contains(&c.cid) {
-            self.free_cids.push(c.cid);
-        } else {
-            tracing::debug!(
+        match self.busy.get_mut(usize::from(c.cid)) {
+            Some(b) if *b => {
+                *b = false;
+                self.free_cids.push(c.cid);
+            }
+            _ => tracing::debug!(
                 qid = self.qid,
                 cid = c.cid,
                 "completion for unknown command id"
-            );
+            ),
         }
-        self.ring(true, self.cq_head)?;
         Ok(Some(c))
     }
 
@@ -442,11 +479,17 @@ impl QueuePair {
         let deadline = Instant::now() + timeout;
         let mut spins = 0u32;
         loop {
+            let mut reaped = false;
             while let Some(c) = self.reap_one()? {
+                reaped = true;
                 if c.cid == cid {
+                    self.ring(true, self.cq_head)?;
                     return Ok(c);
                 }
                 self.pending.push_back(c);
+            }
+            if reaped {
+                self.ring(true, self.cq_head)?;
             }
             if Instant::now() > deadline {
                 return Err(Error::Timeout("command completion"));
@@ -482,6 +525,93 @@ impl QueuePair {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn test_pair(depth: u16) -> QueuePair {
+        let arena = DmaArena::new(0x100_0000, 4 << 20).unwrap();
+        let map = Arc::new(MmapRegion::new(0x1000).unwrap());
+        let db = Doorbells::mapped(map, DOORBELL_BASE, 0);
+        QueuePair::new(1, depth, &arena, db, None).unwrap()
+    }
+
+    #[test]
+    fn fast_prp_path_matches_the_planner() {
+        let mut qp = test_pair(8);
+        let buf = qp.arena().alloc(200 * PAGE_SIZE).unwrap();
+        for &(off, len) in &[
+            (0u64, 512u64),
+            (0x600, 0xa00),
+            (0x600, 0xa04),
+            (0, 8192),
+            (0x200, 8192),
+            (0, 3 * 4096),
+            (0x800, 32 * 4096),
+            (4, 128 * 1024 + 4),
+            (0, 190 * 4096),
+        ] {
+            let iova = buf.iova() + off;
+            let mut cmd = Command::new(crate::cmd::nvm::READ);
+            let cid = qp.push(cmd, DataPtr::Prp { iova, len }).unwrap();
+            let mut raw = [0u8; 64];
+            qp.sq
+                .read_at(
+                    u64::from(qp.sq_tail.wrapping_sub(1) % qp.depth) * 64,
+                    &mut raw,
+                )
+                .unwrap();
+            cmd = Command::from_bytes(&raw);
+            let entries = prp_entries(&[(iova, len)], PAGE_SIZE).unwrap();
+            let list = qp.list_page(cid).unwrap();
+            let plan = plan_prp(&entries, &[list], PAGE_SIZE).unwrap();
+            assert_eq!(
+                (cmd.prp1(), cmd.prp2()),
+                (plan.prp1, plan.prp2),
+                "{off:#x}+{len:#x}"
+            );
+            for l in &plan.lists {
+                for (i, e) in l.entries.iter().enumerate() {
+                    let mut b = [0u8; 8];
+                    qp.arena().read(l.iova + 8 * i as u64, &mut b).unwrap();
+                    assert_eq!(u64::from_le_bytes(b), *e, "{off:#x}+{len:#x} entry {i}");
+                }
+            }
+            // Complete it by hand so the slot is reusable.
+            qp.busy[usize::from(cid)] = false;
+            qp.free_cids.push(cid);
+            qp.sq_head = qp.sq_tail;
+        }
+        assert!(qp
+            .push(
+                Command::new(0),
+                DataPtr::Prp {
+                    iova: buf.iova() + 2,
+                    len: 8
+                }
+            )
+            .is_err());
+    }
+
+    #[test]
+    fn queue_full_is_reported_and_unknown_cids_are_ignored() {
+        let mut qp = test_pair(4);
+        for _ in 0..3 {
+            qp.push(Command::new(0), DataPtr::None).unwrap();
+        }
+        assert!(!qp.has_room());
+        assert!(matches!(
+            qp.push(Command::new(0), DataPtr::None),
+            Err(Error::QueueFull(1))
+        ));
+        assert_eq!(qp.outstanding(), 3);
+        // A forged completion for a never-issued cid must not grow the free list.
+        let mut cqe = [0u8; 16];
+        cqe[12..14].copy_from_slice(&77u16.to_le_bytes());
+        cqe[14..16].copy_from_slice(&1u16.to_le_bytes());
+        qp.arena().write(qp.cq_iova(), &cqe).unwrap();
+        let mut seen = Vec::new();
+        qp.poll(usize::MAX, |c| seen.push(c.cid)).unwrap();
+        assert_eq!(seen, vec![77]);
+        assert_eq!(qp.outstanding(), 3);
+    }
 
     #[test]
     fn need_event_matches_spec_examples() {
