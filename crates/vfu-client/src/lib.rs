@@ -808,3 +808,129 @@ fn twin_loop(sock: Socket, windows: Arc<Windows>, max: u32) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(windows: &Windows, hdr: Header, body: &[u8], nfds: usize) -> (Header, Vec<u8>) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (a, b) = (Socket::new(a), Socket::new(b));
+        serve_dma(&a, windows, 4096, &hdr, body, nfds).unwrap();
+        let mut fds = Vec::new();
+        let h = b.recv_header(&mut fds).unwrap().unwrap();
+        let mut p = vec![0u8; h.payload_len().unwrap()];
+        b.recv_exact(&mut p).unwrap();
+        (h, p)
+    }
+
+    #[test]
+    fn serves_dma_requests_and_rejects_bad_ones() {
+        let buf = DmaBuffer::new(0x1000, 0x1000).unwrap();
+        let w = Windows::default();
+        w.0.write().unwrap().push(Window {
+            iova: 0x1000,
+            size: 0x1000,
+            mem: buf.memory().clone(),
+            write: true,
+        });
+        buf.write(0x1010, b"xyz").unwrap();
+        let rd = DmaRw {
+            addr: 0x1010,
+            count: 3,
+        };
+        let (h, p) = serve(&w, Header::command(5, Command::DmaRead, 16), rd.bytes(), 0);
+        assert!(!h.is_error());
+        assert_eq!(&p[16..], b"xyz");
+        let mut wr = DmaRw {
+            addr: 0x1020,
+            count: 2,
+        }
+        .bytes()
+        .to_vec();
+        wr.extend_from_slice(b"ok");
+        let (h, p) = serve(&w, Header::command(6, Command::DmaWrite, wr.len()), &wr, 0);
+        assert!(!h.is_error() && p.len() == 16);
+        let mut o = [0u8; 2];
+        buf.read(0x1020, &mut o).unwrap();
+        assert_eq!(&o, b"ok");
+        let err = |h: Header| h.error as i32;
+        let (h, _) = serve(
+            &w,
+            Header::command(7, Command::DmaRead, 16),
+            DmaRw {
+                addr: 0x1ffe,
+                count: 4,
+            }
+            .bytes(),
+            0,
+        );
+        assert_eq!(err(h), Errno::FAULT.raw_os_error());
+        let (h, _) = serve(
+            &w,
+            Header::command(7, Command::DmaRead, 16),
+            DmaRw {
+                addr: 0x1000,
+                count: 8192,
+            }
+            .bytes(),
+            0,
+        );
+        assert_eq!(err(h), Errno::TOOBIG.raw_os_error());
+        let (h, _) = serve(&w, Header::command(7, Command::DmaRead, 16), rd.bytes(), 1);
+        assert_eq!(err(h), Errno::INVAL.raw_os_error());
+        let (h, _) = serve(
+            &w,
+            Header::command(7, Command::DmaWrite, 16),
+            DmaRw {
+                addr: 0x1000,
+                count: 4,
+            }
+            .bytes(),
+            0,
+        );
+        assert_eq!(
+            err(h),
+            Errno::INVAL.raw_os_error(),
+            "data shorter than count"
+        );
+        let (h, _) = serve(
+            &w,
+            Header::command(7, Command::DeviceReset, 16),
+            rd.bytes(),
+            0,
+        );
+        assert_eq!(err(h), Errno::INVAL.raw_os_error());
+        let (h, _) = serve(&w, Header::command(7, Command::DmaRead, 4), &[0; 4], 0);
+        assert_eq!(err(h), Errno::INVAL.raw_os_error());
+        w.0.write().unwrap()[0].write = false;
+        let (h, _) = serve(&w, Header::command(8, Command::DmaWrite, wr.len()), &wr, 0);
+        assert_eq!(err(h), Errno::PERM.raw_os_error());
+    }
+
+    #[test]
+    fn rejects_bad_server_version_replies() {
+        // a fake server answering VERSION with a bad major, then with JSON lacking the NUL
+        for reply in [VersionHdr { major: 1, minor: 0 }.bytes().to_vec(), {
+            let mut v = VersionHdr { major: 0, minor: 0 }.bytes().to_vec();
+            v.extend_from_slice(b"{}");
+            v
+        }] {
+            let (a, b) = UnixStream::pair().unwrap();
+            let t = std::thread::spawn(move || {
+                let s = Socket::new(b);
+                let mut fds = Vec::new();
+                let h = s.recv_header(&mut fds).unwrap().unwrap();
+                let mut p = vec![0u8; h.payload_len().unwrap()];
+                s.recv_exact(&mut p).unwrap();
+                s.send(&Header::reply(&h, reply.len()), &[&reply], &[])
+                    .unwrap();
+            });
+            assert!(matches!(
+                Client::from_stream(a, ClientOptions::default()),
+                Err(ClientError::Protocol(_))
+            ));
+            t.join().unwrap();
+        }
+    }
+}

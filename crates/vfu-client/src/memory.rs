@@ -157,3 +157,75 @@ pub(crate) fn mmap_region(desc: &RegionDesc) -> Result<Vec<MappedArea>> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vfu_proto::{RegionInfoMsg, SparseArea, REGION_FLAG_MMAP};
+
+    #[test]
+    fn dma_buffer_volatile_access() {
+        assert!(DmaBuffer::new(0, 0).is_err());
+        assert!(DmaBuffer::new(u64::MAX - 10, 4096).is_err());
+        let b = DmaBuffer::new(0x10000, 0x2000).unwrap();
+        b.write(0x10ff0, b"abc").unwrap();
+        let mut out = [0u8; 3];
+        b.read(0x10ff0, &mut out).unwrap();
+        assert_eq!(&out, b"abc");
+        // the memfd really backs it
+        let mut via = [0u8; 3];
+        rustix::io::pread(b.fd(), &mut via, 0xff0).unwrap();
+        assert_eq!(&via, b"abc");
+        // outside the buffer
+        assert!(b.read(0x12000, &mut out).is_err());
+        assert!(b.write(0xffff, b"x").is_err());
+    }
+
+    #[test]
+    fn mmap_region_checks_areas() {
+        let fd = memfd_create("r", MemfdFlags::CLOEXEC).unwrap();
+        ftruncate(&fd, 0x4000).unwrap();
+        rustix::io::pwrite(&fd, &7u32.to_ne_bytes(), 0x1004).unwrap();
+        let info = RegionInfoMsg {
+            argsz: 32,
+            flags: REGION_FLAG_MMAP,
+            index: 0,
+            cap_offset: 0,
+            size: 0x4000,
+            offset: 0,
+        };
+        let good = RegionDesc {
+            info,
+            areas: vec![SparseArea {
+                offset: 0x1000,
+                size: 0x1000,
+            }],
+            fd: Some(fd),
+        };
+        let m = mmap_region(&good).unwrap();
+        assert_eq!(m[0].load_u32(4).unwrap(), 7);
+        assert!(m[0].load_u32(0x1000).is_err());
+        m[0].store_u32(8, 9).unwrap();
+        let mut b = [0u8; 4];
+        m[0].read(8, &mut b).unwrap();
+        assert_eq!(u32::from_ne_bytes(b), 9);
+        let outside = RegionDesc {
+            info,
+            areas: vec![SparseArea {
+                offset: 0x3000,
+                size: 0x2000,
+            }],
+            fd: good.fd,
+        };
+        assert!(mmap_region(&outside).is_err());
+        let nofd = RegionDesc {
+            info,
+            areas: vec![SparseArea {
+                offset: 0,
+                size: 0x1000,
+            }],
+            fd: None,
+        };
+        assert!(mmap_region(&nofd).is_err());
+    }
+}
