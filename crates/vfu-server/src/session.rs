@@ -45,7 +45,13 @@ struct Session<'d, D: Device + ?Sized> {
     negotiated: bool,
     attached: bool,
     reply: Vec<u8>,
+    /// Region sizes, read once per session so region accesses do not call `region_info`
+    /// (which may clone sparse-area lists) on the hot path.
+    sizes: Vec<u64>,
 }
+
+/// Regions whose sizes are cached per session.
+const MAX_CACHED_REGIONS: u32 = 64;
 
 /// Largest message the server accepts with these options.
 pub(crate) fn max_msg_size(opts: &ServerOptions) -> usize {
@@ -72,6 +78,9 @@ pub fn serve_connection<D: Device + ?Sized>(
         .map(|i| device.irq_info(i).map_or(0, |q| q.count))
         .collect();
     let handle = DmaHandle::default();
+    let sizes = (0..info.num_regions.min(MAX_CACHED_REGIONS))
+        .map(|i| device.region_info(i).map_or(0, |r| r.size))
+        .collect();
     let mut s = Session {
         dev: device,
         conn,
@@ -84,6 +93,7 @@ pub fn serve_connection<D: Device + ?Sized>(
         negotiated: false,
         attached: false,
         reply: Vec::with_capacity(max_msg),
+        sizes,
     };
     let r = s.run(shutdown, max_msg);
     s.teardown();
@@ -620,12 +630,18 @@ impl<D: Device + ?Sized> Session<'_, D> {
     }
 
     fn check_access(&self, region: u32, offset: u64, count: u32) -> Result<(), Errno> {
-        if count > self.opts.max_data_xfer_size {
+        if count > self.opts.max_data_xfer_size || region >= self.info.num_regions {
             return Err(Errno::INVAL);
         }
-        let reg = self.region(region)?.ok_or(Errno::INVAL)?;
+        let size = match self.sizes.get(region as usize) {
+            Some(&s) => s,
+            None => self.region(region)?.map_or(0, |r| r.size),
+        };
+        if size == 0 {
+            return Err(Errno::INVAL);
+        }
         let end = offset.checked_add(u64::from(count)).ok_or(Errno::INVAL)?;
-        if end > reg.size {
+        if end > size {
             return Err(Errno::INVAL);
         }
         Ok(())
