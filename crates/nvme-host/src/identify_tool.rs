@@ -101,7 +101,7 @@ impl IdentifyReport {
         let yn = |b: bool| if b { "Yes" } else { "No" };
         let bar = "=====================================================";
         writeln!(o, "{bar}")?;
-        writeln!(o, "NVMe Controller at {}", self.label)?;
+        writeln!(o, "NVMeoF Controller at {}", self.label)?;
         writeln!(o, "{bar}")?;
         writeln!(o, "Controller Capabilities/Features")?;
         writeln!(o, "================================")?;
