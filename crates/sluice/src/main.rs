@@ -114,7 +114,9 @@ fn rpc_main(args: &[String]) -> ExitCode {
     };
     match sluice::client::run(&opts, method, rest) {
         Ok(Some(text)) => {
-            println!("{text}");
+            // A closed stdout (`| head`) is not an error of the call.
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout().lock(), "{text}");
             ExitCode::SUCCESS
         }
         Ok(None) => ExitCode::SUCCESS,
