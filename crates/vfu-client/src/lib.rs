@@ -59,6 +59,9 @@ pub struct ClientOptions {
     pub twin_socket: bool,
     /// Announce `write_multiple`.
     pub write_multiple: bool,
+    /// Give up on a reply (or a partial message) after this long; `None` waits forever
+    /// (DEVICE_RESET may legitimately take long).
+    pub reply_timeout: Option<std::time::Duration>,
 }
 
 impl Default for ClientOptions {
@@ -70,6 +73,7 @@ impl Default for ClientOptions {
             max_data_xfer_size: DEFAULT_MAX_DATA_XFER,
             twin_socket: false,
             write_multiple: true,
+            reply_timeout: None,
         }
     }
 }
@@ -213,6 +217,7 @@ impl Client {
 
     /// Negotiates over an already connected stream.
     pub fn from_stream(stream: UnixStream, opts: ClientOptions) -> Result<Client> {
+        stream.set_read_timeout(opts.reply_timeout)?;
         let mut c = Client {
             sock: Socket::new(stream),
             io: Mutex::new(Vec::new()),

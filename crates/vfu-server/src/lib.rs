@@ -14,6 +14,41 @@
 //! # Ok::<(), vfu_server::ServerError>(())
 //! ```
 
+//! # Protocol decisions (where the spec and real peers disagree)
+//!
+//! - Framing: the header is validated first. `msg_size < 16` or more fds than fit the
+//!   control buffer: EINVAL reply, then the connection is closed (no safe resync). Oversized
+//!   messages (beyond `max_data_xfer_size` + 32, at least 8 KiB): EINVAL, the body is drained
+//!   when it is at most 16 MiB, else the connection is closed. Unknown commands, unsolicited
+//!   replies, DIRTY_PAGES and client-sent DMA_READ/WRITE: EINVAL after draining. Every error
+//!   reply is header-only with a positive errno; No_reply is honoured even on error. Fds a
+//!   handler does not consume are closed. The first message must be VERSION (without fds);
+//!   any negotiation failure gets EINVAL and closes the connection.
+//! - VERSION: no JSON (SPDK) and legacy keys are accepted; the reply always carries
+//!   NUL-terminated JSON with `max_msg_fds` (16), `max_data_xfer_size`, `pgsizes`,
+//!   `max_dma_maps`, `write_multiple: true`, `migration` only when the client sent it, and
+//!   `twin_socket` (with the socket as fd 0) only when the client offered it.
+//! - DMA_MAP: unknown flag bits EINVAL; an overlap is EEXIST (spec), an identical re-map is
+//!   accepted as a no-op (libvfio-user); more than `max_dma_maps` windows EINVAL; a regular
+//!   file (memfd) smaller than offset+size EINVAL. Read-only fd windows are mapped
+//!   `MAP_PRIVATE` so a device that wrongly writes cannot fault or reach the guest.
+//! - DMA_UNMAP: exact match or ENOENT; FLAG_ALL needs addr = size = 0; the old dirty-bitmap
+//!   flavour is rejected (EINVAL); the reply echoes the 24-byte struct after the device's
+//!   `dma_unmap` returned. A client disconnect drops every window and irq fd, then calls
+//!   [`Device::detach`] (no per-window `dma_unmap`).
+//! - REGION_READ/WRITE: count 0 gives a header-only success; region sizes are read once per
+//!   session. REGION_WRITE_MULTI: every entry is validated before any is executed.
+//! - REGION_INFO: one sparse-mmap capability (the whole region when the device lists no
+//!   areas) and exactly one fd, only when the capability fits the request's argsz.
+//! - SET_IRQS: libvfio-user's validation list; TRIGGER with NONE/BOOL fires the eventfds
+//!   itself; MASK/UNMASK with NONE/BOOL updates [`Irqs::is_masked`]; the device is told after.
+//! - Server-to-client DMA: chunked by the client's `max_data_xfer_size`; replies in the spec
+//!   layout, QEMU's 12-byte DMA_READ prefix and QEMU's header-only DMA_WRITE reply are
+//!   accepted. Without a twin socket, commands that arrive while a DMA reply is awaited are
+//!   queued and served afterwards, in order.
+//! - A partial message, a DMA reply or a blocked send that takes longer than
+//!   [`ServerOptions::io_timeout`] ends the session.
+
 mod conn;
 pub mod device;
 pub mod dma;
