@@ -168,3 +168,66 @@ fn sigterm_during_io_keeps_every_flushed_write() {
         lba += u64::from(NLB);
     }
 }
+
+#[test]
+fn live_namespace_add_raises_aen_and_listener_removal_detaches_client() {
+    let d = Daemon::start(&[]);
+    let (dir, _file) = configure_file_target(&d, 1024);
+    let sock = dir.join("cntrl");
+    let mut c = connect(&sock);
+    assert_eq!(c.active_namespaces().unwrap(), vec![1]);
+    // Enable Namespace Attribute Notices (Async Event Configuration bit 8), as Linux does.
+    c.set_features(0x0b, 1 << 8).unwrap();
+    c.submit_aer().unwrap();
+    d.rpc_ok(&["bdev_malloc_create", "4", "512", "-b", "Malloc9"]);
+    assert_eq!(
+        d.rpc_ok(&["nvmf_subsystem_add_ns", NQN, "Malloc9", "-n", "3"]),
+        "3\n"
+    );
+    let aen = c
+        .wait_aen(Duration::from_secs(10))
+        .unwrap()
+        .expect("namespace AEN");
+    // Notice type (2), Namespace Attribute Changed (0x00), log page 0x04.
+    assert_eq!(aen.dw0 & 0x7, 2, "AEN type notice: {:#x}", aen.dw0);
+    assert_eq!(
+        (aen.dw0 >> 16) & 0xff,
+        0x04,
+        "changed namespace list log: {:#x}",
+        aen.dw0
+    );
+    assert_eq!(c.active_namespaces().unwrap(), vec![1, 3]);
+    d.rpc_ok(&["nvmf_subsystem_remove_ns", NQN, "3"]);
+    assert_eq!(c.active_namespaces().unwrap(), vec![1]);
+    d.rpc_ok(&["bdev_malloc_delete", "Malloc9"]);
+
+    // Removing the listener while the client is attached returns promptly and removes
+    // the socket; the daemon keeps serving RPC.
+    let t = std::time::Instant::now();
+    d.rpc_ok(&[
+        "nvmf_subsystem_remove_listener",
+        NQN,
+        "-t",
+        "VFIOUSER",
+        "-a",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(!sock.exists());
+    assert_eq!(
+        d.rpc_json(&["nvmf_subsystem_get_controllers", NQN]),
+        serde_json::json!([])
+    );
+    // The same directory can be listened on again and a new client works.
+    drop(c);
+    d.rpc_ok(&[
+        "nvmf_subsystem_add_listener",
+        NQN,
+        "-t",
+        "VFIOUSER",
+        "-a",
+        dir.to_str().unwrap(),
+    ]);
+    let mut c2 = connect(&sock);
+    assert_eq!(c2.active_namespaces().unwrap(), vec![1]);
+}
