@@ -248,4 +248,19 @@ mod tests {
         assert_eq!(j.last(), Some(&0));
         assert_eq!(Capabilities::parse(&j).unwrap(), c);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics_and_roundtrips(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            if let Ok(c) = Capabilities::parse(&bytes) {
+                proptest::prop_assert_eq!(Capabilities::parse(&c.to_json()), Ok(c));
+            }
+        }
+
+        #[test]
+        fn numeric_caps_roundtrip(fds in 0u32..=1024, xfer in proptest::prelude::any::<u32>(), maps in proptest::prelude::any::<u32>(), pg in proptest::prelude::any::<u64>()) {
+            let c = Capabilities { max_msg_fds: fds, max_data_xfer_size: xfer, max_dma_maps: maps, pgsizes: pg, ..Capabilities::default() };
+            proptest::prop_assert_eq!(Capabilities::parse(&c.to_json()), Ok(c));
+        }
+    }
 }

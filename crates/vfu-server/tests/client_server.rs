@@ -153,6 +153,14 @@ fn every_command() {
         (0..300u64).map(|i| (i % 251) as u8).collect::<Vec<_>>()
     );
     let echo = c.dma_unmap(0x10_0000, 0x10000).unwrap();
+    // quiesce ordering: the device's dma_unmap ran before the reply reached us
+    assert!(srv
+        .log
+        .lock()
+        .unwrap()
+        .unmaps
+        .iter()
+        .any(|e| e.iova == 0x10_0000 && e.size == 0x10000));
     assert_eq!(
         echo,
         DmaUnmap {
