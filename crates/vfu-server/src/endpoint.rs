@@ -127,6 +127,11 @@ impl Server {
             }
             match UnixStream::connect(&path) {
                 Ok(_) => return Err(ServerError::InUse(path)),
+                // Only a refused connection proves nobody listens; anything else (EACCES,
+                // ...) is reported instead of deleting a socket we cannot judge.
+                Err(e) if e.kind() != io::ErrorKind::ConnectionRefused => {
+                    return Err(io_err(&path)(e));
+                }
                 Err(_) => {
                     tracing::info!(path = %path.display(), "removing stale vfio-user socket");
                     std::fs::remove_file(&path).map_err(io_err(&path))?;
