@@ -44,6 +44,10 @@ fn run(b: &dyn sluice_bdev::Bdev, op: IoOp, len: usize, dur: Duration) -> f64 {
     done as f64 / secs
 }
 
+/// The two tests spin a CPU each; run them one at a time so they do not starve each other
+/// on small CI machines.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn within(actual: f64, want: f64) {
     let err = (actual - want).abs() / want;
     assert!(
@@ -55,6 +59,7 @@ fn within(actual: f64, want: f64) {
 
 #[test]
 fn iops_limit_holds() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let b = null_bdev("q", 1 << 30, 512);
     b.qos().unwrap().set(&QosSettings {
         rw_ios_per_sec: Some(10_000),
@@ -78,6 +83,7 @@ fn iops_limit_holds() {
 
 #[test]
 fn read_and_write_bandwidth_limits_hold_separately() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let b = null_bdev("q", 1 << 30, 512);
     b.qos().unwrap().set(&QosSettings {
         r_mbytes_per_sec: Some(200),
