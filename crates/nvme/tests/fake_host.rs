@@ -1008,3 +1008,63 @@ fn shadow_doorbells_in_trapped_mode() {
         Status::INVALID_OPCODE
     );
 }
+
+#[test]
+fn max_queue_pairs_all_usable() {
+    let cfg = ControllerConfig {
+        max_io_queues: 511,
+        ..Default::default()
+    };
+    let mut c = Controller::new(cfg, Arc::new(NoInterrupts)).unwrap();
+    c.add_namespace(Some(1), null(512, 1 << 20)).unwrap();
+    let mut h = FakeHost::new(16 << 20);
+    h.enable(&mut c, 16);
+    let mut g = sqe(admin::GET_FEATURES, 0);
+    g.dw[10] = u32::from(feat::NUM_QUEUES);
+    assert_eq!(
+        ok(h.admin(&mut c, g)).dw0,
+        510 | 510 << 16,
+        "511 queues, 0-based"
+    );
+    for q in 1..=511u16 {
+        assert!(h.create_pair(&mut c, q, 2), "queue {q}");
+    }
+    assert_eq!(st(h.create_cq(&mut c, 512, 2, 1)), Status::INVALID_QID);
+    let buf = h.alloc(4096);
+    for q in (1..=511u16).step_by(17).chain([511]) {
+        let cqe = ok(h.io(&mut c, q, rw(io::READ, 1, u64::from(q), 1, buf, 0)));
+        assert_eq!(cqe.sqid, q);
+    }
+}
+
+#[test]
+fn identify_cheap_cns_values() {
+    let (mut c, mut h) = ready();
+    let buf = h.alloc(4096);
+    let id = |h: &mut FakeHost, c: &mut Controller, cns: u32, nsid: u32, csi: u32| {
+        let mut s = with_prps(sqe(admin::IDENTIFY, nsid), buf, 0);
+        s.dw[10] = cns;
+        s.dw[11] = csi << 24;
+        h.admin(c, s).unwrap().status
+    };
+    assert_eq!(id(&mut h, &mut c, 0x05, 1, 0), Status::SUCCESS);
+    assert_eq!(
+        id(&mut h, &mut c, 0x05, 1, 2),
+        Status::INVALID_FIELD,
+        "zoned CSI"
+    );
+    assert_eq!(id(&mut h, &mut c, 0x06, 0, 0), Status::SUCCESS);
+    assert_eq!(id(&mut h, &mut c, 0x07, 1, 0), Status::SUCCESS);
+    assert_eq!(h.read(buf, 4), [2, 0, 0, 0], "namespaces above 1");
+    assert_eq!(id(&mut h, &mut c, 0x08, 2, 0), Status::SUCCESS);
+    assert_eq!(h.read(buf + 14, 1), [1], "NSTAT ready");
+    assert_eq!(id(&mut h, &mut c, 0x08, 0, 0), Status::INVALID_NAMESPACE);
+    assert_eq!(id(&mut h, &mut c, 0x1c, 0, 0), Status::SUCCESS);
+    assert_eq!(
+        h.read(buf, 8),
+        [1, 0, 0, 0, 0, 0, 0, 0],
+        "NVM command set vector"
+    );
+    assert_eq!(id(&mut h, &mut c, 0x00, 0xffff_ffff, 0), Status::SUCCESS);
+    assert_eq!(h.read(buf + 130, 1), [9], "common format: 512-byte LBAs");
+}
