@@ -253,11 +253,7 @@ impl Daemon {
             .arg("rpc")
             .arg(RPC_SOCKET_OPT)
             .arg(&self.rpc_sock)
-            .args(args.first())
-            // "--": method options such as `-t VFIOUSER` must not be taken for the rpc
-            // command's own `-t <timeout>` (clap stops option parsing at "--").
-            .arg("--")
-            .args(args.get(1..).unwrap_or_default())
+            .args(args)
             .stdin(Stdio::null())
             .output()
             .map_err(|e| format!("cannot run sluice rpc: {e}"))?;
