@@ -10,6 +10,45 @@
 //! * Namespaces are `sluice_bdev` block devices (re-exported as [`bdev`]).
 //! * [`testkit`]: an in-process fake NVMe host used by tests, benches and fuzzers.
 
+//!
+//! # Threads and memory
+//!
+//! A [`Controller`] belongs to one [`Poller`] (one poll thread); nothing on the I/O path
+//! takes a lock. Endpoint-thread operations go through a [`ControllerHandle`]: register reads
+//! from mirrored atomics, trapped doorbell writes straight into the memfd doorbell page,
+//! everything else as a control message. DMA map/unmap, resets, CC writes and namespace
+//! removal *quiesce*: they run only once no command of that controller is in flight. Guest
+//! memory is only touched through `vm-memory` volatile accessors (admin data, PRP lists,
+//! SGL segments), volatile SQE/CQE copies in [`sys`], or raw iovecs handed to `sluice-bdev`
+//! with the DMA snapshot `Arc` as keepalive.
+//!
+//! # Where this controller deliberately differs from SPDK's vfio-user target
+//!
+//! * Unmapped / partially mapped data buffers complete with Data Transfer Error (SCT 0 /
+//!   SC 0x04), and bad PRP entry offsets with PRP Offset Invalid (0x13); SGL problems get
+//!   the specific SGL statuses (0x0D/0x0E/0x0F/0x11). SPDK answers Internal Error (0x06) for
+//!   all of them. An I/O queue base that is not mapped also gives Data Transfer Error.
+//! * PRP lists may be chained across pages (SPDK handles one list page); transfers are
+//!   bounded by MDTS (default 128 KiB, configurable up to 4 MiB) rather than by 33 iovecs.
+//! * SGLS advertises "supported, no alignment requirement" (SPDK: dword aligned).
+//! * CQ head doorbell values beyond the queue size raise the Invalid Doorbell Write AER,
+//!   like SQ tails (SPDK does not check CQ heads).
+//! * Interrupt Coalescing (0x08) is changeable and honoured (threshold and time), and
+//!   Interrupt Vector Configuration (0x09) is settable (coalescing disable per vector); SPDK
+//!   reports 0x08 as not changeable. Get Features SEL=3 (capabilities) is implemented.
+//! * Number of Queues: the first Set after a reset allocates min(requested, max); later Sets
+//!   report the same allocation, and queue ids beyond it are refused (SPDK ignores the
+//!   request and always reports the maximum).
+//! * FLR and DEVICE_RESET reset the NVMe controller (SPDK only drops shadow doorbells).
+//! * Delete I/O SQ and controller disable wait for the backend to finish in-flight commands
+//!   (they cannot be cancelled); completions of a deleted SQ are not posted.
+//! * The admin queue uses the depth programmed in AQA (SPDK caps its request pool at 32).
+//! * SMART/Health reports real counters (data units and commands read/written, power-on
+//!   hours, media and error-log counts) and a constant 313 K composite temperature.
+//! * Abort always answers "command not aborted" (dword 0 bit 0 = 1).
+//! * Commands whose buffers lie in fd-less DMA regions (reachable only by DMA_READ/WRITE
+//!   messages) fail with Data Transfer Error: nothing is bounced.
+
 pub mod admin;
 pub mod ctrl;
 pub mod fuzzing;

@@ -1068,3 +1068,43 @@ fn identify_cheap_cns_values() {
     assert_eq!(id(&mut h, &mut c, 0x00, 0xffff_ffff, 0), Status::SUCCESS);
     assert_eq!(h.read(buf + 130, 1), [9], "common format: 512-byte LBAs");
 }
+
+#[test]
+fn dma_update_waits_for_inflight_io() {
+    let (poller, handle) = Poller::new();
+    let mut poller = poller;
+    let t = std::thread::spawn(move || poller.run(PollMode::Busy));
+    let c = Controller::new(ControllerConfig::default(), Arc::new(NoInterrupts)).unwrap();
+    let mut ch = handle.attach(c).unwrap();
+    let gate = Arc::new(AtomicU64::new(0));
+    let info = null(512, 1 << 20).info().clone();
+    ch.add_namespace(Some(1), Arc::new(Gate(gate.clone(), info)))
+        .unwrap();
+    let mut h = FakeHost::new(4 << 20);
+    h.enable(&mut ch, 16);
+    assert!(h.create_pair(&mut ch, 1, 16));
+    let buf = h.alloc(4096);
+    h.submit(&mut ch, 1, rw(io::READ, 1, 0, 1, buf, 0), false);
+    while ch.call(false, |c| c.inflight()).unwrap() == 0 {
+        std::thread::yield_now();
+    }
+    // The "DMA unmap" must not return while the read is in flight.
+    let ch2 = ch.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let unmap = std::thread::spawn(move || {
+        ch2.set_memory(None).unwrap();
+        tx.send(()).unwrap();
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_millis(100)).is_err(),
+        "unmap returned with I/O in flight"
+    );
+    gate.store(1, Ordering::SeqCst);
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("unmap completes after the I/O");
+    unmap.join().unwrap();
+    assert_eq!(ch.call(false, |c| c.inflight()).unwrap(), 0);
+    assert!(ch.call(false, |c| c.memory().is_none()).unwrap());
+    handle.stop();
+    t.join().unwrap();
+}
