@@ -785,7 +785,11 @@ impl Controller {
             self.sqs.first_mut().and_then(Option::take),
             self.cqs.first_mut().and_then(Option::take),
         );
+        let (db0, db1) = (self.shared.doorbells.load(0), self.shared.doorbells.load(1));
         self.reset();
+        // The admin queue keeps its doorbells (reset() cleared the page).
+        self.shared.doorbells.store(0, db0);
+        self.shared.doorbells.store(1, db1);
         self.ready = true;
         if let Some(s) = self.sqs.first_mut() {
             *s = sq0;

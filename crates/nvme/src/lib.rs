@@ -9,7 +9,6 @@
 //! * [`pci`]: the controller as a `sluice_pci::PciFunction` (BAR0, doorbell mmap, resets, DMA).
 //! * Namespaces are `sluice_bdev` block devices (re-exported as [`bdev`]).
 //! * [`testkit`]: an in-process fake NVMe host used by tests, benches and fuzzers.
-
 //!
 //! # Threads and memory
 //!

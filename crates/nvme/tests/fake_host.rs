@@ -796,6 +796,20 @@ fn shutdown_reset_and_reinit() {
     let mut v = [0u8; 4];
     c.bar0_read(reg::CSTS, &mut v).unwrap();
     assert_eq!((u32::from_le_bytes(v) >> 2) & 3, 2, "SHST complete");
+    // The admin queue still answers after shutdown; stale entries are not replayed.
+    c.poll();
+    assert!(
+        h.try_reap(&mut c, 0).is_none(),
+        "no stale admin command replayed"
+    );
+    ok(h.admin(&mut c, sqe(admin::KEEP_ALIVE, 0)));
+    assert!(h.try_reap(&mut c, 0).is_none());
+    // I/O queues were deleted by the shutdown: nothing is fetched from SQ 1.
+    h.submit(&mut c, 1, rw(io::READ, 1, 7, 1, buf, 0), false);
+    for _ in 0..5 {
+        c.poll();
+    }
+    assert!(h.try_reap(&mut c, 1).is_none());
     // Disable, re-enable from scratch.
     c.bar0_write(reg::CC, &0u32.to_le_bytes()).unwrap();
     c.bar0_read(reg::CSTS, &mut v).unwrap();
