@@ -410,9 +410,7 @@ impl<F: PciFunction> vfu_server::Device for PciEndpoint<F> {
     }
 
     fn irq_info(&self, index: u32) -> Option<IrqInfo> {
-        use vfu_proto::{
-            IRQ_INFO_AUTOMASKED, IRQ_INFO_EVENTFD, IRQ_INFO_MASKABLE, IRQ_INFO_NORESIZE,
-        };
+        use vfu_proto::{IRQ_INFO_AUTOMASKED, IRQ_INFO_EVENTFD, IRQ_INFO_MASKABLE};
         match index {
             IRQ_INTX if self.irq.has_intx() => Some(IrqInfo {
                 count: 1,
@@ -420,7 +418,9 @@ impl<F: PciFunction> vfu_server::Device for PciEndpoint<F> {
             }),
             IRQ_MSIX if self.irq.vectors() > 0 => Some(IrqInfo {
                 count: self.irq.vectors(),
-                flags: IRQ_INFO_EVENTFD | IRQ_INFO_MASKABLE | IRQ_INFO_NORESIZE,
+                // No NORESIZE: vectors can be (de)assigned one at a time, so QEMU does not
+                // tear the whole index down to add a vector.
+                flags: IRQ_INFO_EVENTFD | IRQ_INFO_MASKABLE,
             }),
             IRQ_ERR | IRQ_REQ => Some(IrqInfo {
                 count: 1,
