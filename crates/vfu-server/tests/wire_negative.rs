@@ -922,3 +922,39 @@ fn stalled_partial_message_times_out_and_next_client_is_served() {
     let mut r2 = Raw::negotiated(&srv.path);
     r2.assert_usable();
 }
+
+#[test]
+fn more_fds_than_the_control_buffer_closes_and_leaks_nothing() {
+    use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    use std::io::IoSlice;
+    use std::mem::MaybeUninit;
+    let srv = Running::start();
+    let mut r = Raw::negotiated(&srv.path);
+    let (rd, wr) = rustix::pipe::pipe().unwrap();
+    let many: Vec<_> = (0..100).map(|_| wr.as_fd()).collect();
+    let hdr = Header::command(3, Command::DeviceGetInfo, 16);
+    let body = DeviceInfoMsg {
+        argsz: 16,
+        ..Default::default()
+    };
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(100))];
+    let mut ctrl = SendAncillaryBuffer::new(&mut space);
+    assert!(ctrl.push(SendAncillaryMessage::ScmRights(&many)));
+    sendmsg(
+        &r.s,
+        &[IoSlice::new(hdr.bytes()), IoSlice::new(body.bytes())],
+        &mut ctrl,
+        SendFlags::empty(),
+    )
+    .unwrap();
+    drop(wr);
+    let rep = r.recv().unwrap();
+    assert!(rep.hdr.is_error());
+    assert!(r.closed());
+    // every copy of the write end is gone (delivered ones closed, the rest dropped)
+    let mut b = [0u8; 1];
+    assert_eq!(rustix::io::read(&rd, &mut b).unwrap(), 0);
+    drop(r);
+    let mut r2 = Raw::negotiated(&srv.path);
+    r2.assert_usable();
+}
