@@ -8,7 +8,7 @@ use std::fs::File;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, MmapRegion};
 
 use crate::error::DmaError;
 
@@ -150,6 +150,18 @@ impl DmaArena {
                 iova,
                 len: data.len() as u64,
             })
+    }
+
+    /// A second, shared mapping of `len` bytes at `iova` (same pages, coherent): hot loops
+    /// (queue rings) access it without the per-access region lookup of the arena.
+    pub fn alias(&self, iova: u64, len: u64) -> Result<MmapRegion, DmaError> {
+        self.check(iova, len)?;
+        let len = usize::try_from(len).map_err(|_| DmaError::OutOfBounds { iova, len })?;
+        MmapRegion::from_file(
+            FileOffset::from_arc(self.file.clone(), iova - self.base),
+            len,
+        )
+        .map_err(|e| DmaError::Mmap(Box::new(e)))
     }
 
     /// Atomically stores a u32 (release ordering).

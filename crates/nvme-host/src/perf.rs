@@ -297,6 +297,43 @@ fn worker(
         let stopping = live.stop.load(Ordering::Relaxed);
         let mut outstanding = 0;
         for (qp, q) in qps.iter_mut().zip(qs.iter_mut()) {
+            done.clear();
+            qp.poll(256, |c| done.push(c))?;
+            if done.is_empty() && (q.free.is_empty() || stopping) {
+                // Idle spin: nothing completed and nothing to submit.
+                outstanding += qp.outstanding();
+                continue;
+            }
+            // One clock read per pass: completions were observed before it, the
+            // submissions below happen right after it.
+            let now = Instant::now();
+            for c in &done {
+                let Some(inf) = q
+                    .inflight
+                    .get_mut(usize::from(c.cid))
+                    .and_then(Option::take)
+                else {
+                    tracing::debug!(cid = c.cid, "completion for unknown cid");
+                    continue;
+                };
+                let ns =
+                    u64::try_from(now.duration_since(inf.start).as_nanos()).unwrap_or(u64::MAX);
+                let _ = hist.record(ns.max(1));
+                if c.status.is_success() {
+                    ios += 1;
+                    pending_ios += 1;
+                    pending_lat += ns;
+                    if inf.read && job.verify {
+                        if let Some(buf) = q.bufs.get(inf.buf) {
+                            miscompares += check(buf, inf.lba, job.nblocks, job.block)?;
+                        }
+                    }
+                } else {
+                    errors += 1;
+                    tracing::debug!(status = %c.status, lba = inf.lba, "I/O failed");
+                }
+                q.free.push(inf.buf);
+            }
             let mut pushed = false;
             while !stopping && job.limit.is_none_or(|l| submitted < l) {
                 let Some(&bi) = q.free.last() else { break };
@@ -335,7 +372,7 @@ fn worker(
                 if let Some(slot) = q.inflight.get_mut(usize::from(cid)) {
                     *slot = Some(Inflight {
                         buf: bi,
-                        start: Instant::now(),
+                        start: now,
                         lba,
                         read,
                     });
@@ -345,36 +382,6 @@ fn worker(
             }
             if pushed {
                 qp.ring_sq()?;
-            }
-            done.clear();
-            qp.poll(256, |c| done.push(c))?;
-            let now = Instant::now();
-            for c in &done {
-                let Some(inf) = q
-                    .inflight
-                    .get_mut(usize::from(c.cid))
-                    .and_then(Option::take)
-                else {
-                    tracing::debug!(cid = c.cid, "completion for unknown cid");
-                    continue;
-                };
-                let ns =
-                    u64::try_from(now.duration_since(inf.start).as_nanos()).unwrap_or(u64::MAX);
-                let _ = hist.record(ns.max(1));
-                if c.status.is_success() {
-                    ios += 1;
-                    pending_ios += 1;
-                    pending_lat += ns;
-                    if inf.read && job.verify {
-                        if let Some(buf) = q.bufs.get(inf.buf) {
-                            miscompares += check(buf, inf.lba, job.nblocks, job.block)?;
-                        }
-                    }
-                } else {
-                    errors += 1;
-                    tracing::debug!(status = %c.status, lba = inf.lba, "I/O failed");
-                }
-                q.free.push(inf.buf);
             }
             outstanding += qp.outstanding();
         }

@@ -138,6 +138,8 @@ pub struct QueuePair {
     depth: u16,
     sq: DmaBuf,
     cq: DmaBuf,
+    sq_map: MmapRegion,
+    cq_map: MmapRegion,
     sq_tail: u16,
     sq_head: u16,
     cq_head: u16,
@@ -177,6 +179,8 @@ impl QueuePair {
         }
         let sq = arena.alloc(u64::from(depth) * 64)?;
         let cq = arena.alloc(u64::from(depth) * 16)?;
+        let sq_map = arena.alias(sq.iova(), u64::from(depth) * 64)?;
+        let cq_map = arena.alias(cq.iova(), u64::from(depth) * 16)?;
         // One command slot is lost to the full/empty rule.
         let usable = depth - 1;
         Ok(Self {
@@ -184,6 +188,8 @@ impl QueuePair {
             depth,
             sq,
             cq,
+            sq_map,
+            cq_map,
             sq_tail: 0,
             sq_head: 0,
             cq_head: 0,
@@ -337,10 +343,15 @@ impl QueuePair {
             return Err(e);
         }
         cmd.set_cid(cid);
-        let slot = u64::from(self.sq_tail) * 64;
-        if let Err(e) = self.sq.write_at(slot, &cmd.to_bytes()) {
+        let slot = usize::from(self.sq_tail) * 64;
+        if self
+            .sq_map
+            .as_volatile_slice()
+            .write_slice(&cmd.to_bytes(), slot)
+            .is_err()
+        {
             self.free_cids.push(cid);
-            return Err(e.into());
+            return Err(Error::InvalidArgument("SQ slot outside the ring"));
         }
         if let Some(b) = self.busy.get_mut(usize::from(cid)) {
             *b = true;
@@ -432,14 +443,23 @@ impl QueuePair {
     }
 
     fn reap_one(&mut self) -> Result<Option<Completion>, Error> {
-        let at = self.cq.iova() + u64::from(self.cq_head) * 16;
-        let dw3 = self.arena.load_u32(at + 12)?;
+        let at = usize::from(self.cq_head) * 16;
+        let ring = self.cq_map.as_volatile_slice();
+        let bad = |_| Error::InvalidArgument("CQ slot outside the ring");
+        // The status dword is written last by the controller: acquire it first.
+        let dw3: u32 = ring.load(at + 12, Ordering::Acquire).map_err(bad)?;
         let phase = (dw3 >> 16) & 1 != 0;
         if phase != self.phase {
             return Ok(None);
         }
         let mut raw = [0u8; 16];
-        self.arena.read(at, &mut raw)?;
+        for (i, chunk) in raw.chunks_exact_mut(4).enumerate().take(3) {
+            let v: u32 = ring.load(at + 4 * i, Ordering::Relaxed).map_err(bad)?;
+            chunk.copy_from_slice(&v.to_le_bytes());
+        }
+        if let Some(t) = raw.get_mut(12..16) {
+            t.copy_from_slice(&dw3.to_le_bytes());
+        }
         let c = Completion::from_bytes(&raw);
         self.cq_head += 1;
         if self.cq_head == self.depth {
