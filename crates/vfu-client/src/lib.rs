@@ -399,6 +399,58 @@ impl Client {
         Ok(())
     }
 
+    /// Serves server-to-client requests (DMA_READ/DMA_WRITE) that arrive on the main socket
+    /// while no request of ours is in flight, for up to `timeout` of quiet. Requests are also
+    /// served automatically while we wait for any reply, and on the twin socket by a thread.
+    /// Returns how many requests were served.
+    pub fn serve_pending(&self, timeout: std::time::Duration) -> Result<usize> {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let _g = lock(&self.io);
+        let ts = Timespec {
+            tv_sec: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(timeout.subsec_nanos()),
+        };
+        let mut served = 0usize;
+        let mut body = Vec::new();
+        let mut fds = Vec::new();
+        loop {
+            let mut pfd = [PollFd::new(&self.sock, PollFlags::IN)];
+            match poll(&mut pfd, Some(&ts)) {
+                Ok(0) => return Ok(served),
+                Ok(_) => {}
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(ClientError::Errno(e)),
+            }
+            fds.clear();
+            let h = self
+                .sock
+                .recv_header(&mut fds)?
+                .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+            let n = h
+                .payload_len()
+                .ok_or(ClientError::Protocol("msg_size < 16"))?;
+            if n > MAX_REPLY {
+                return Err(ClientError::Protocol("message too large"));
+            }
+            body.clear();
+            body.resize(n, 0);
+            self.sock.recv_exact(&mut body)?;
+            if h.is_command() {
+                serve_dma(
+                    &self.sock,
+                    &self.windows,
+                    self.opts.max_data_xfer_size,
+                    &h,
+                    &body,
+                    fds.len(),
+                )?;
+                served = served.saturating_add(1);
+            } else {
+                tracing::debug!(id = h.msg_id, "vfio-user client: unexpected reply dropped");
+            }
+        }
+    }
+
     /// DEVICE_GET_INFO.
     pub fn device_info(&self) -> Result<DeviceInfoMsg> {
         let req = DeviceInfoMsg {

@@ -324,3 +324,30 @@ fn shutdown_while_client_connected() {
     assert_eq!(dev.log.lock().unwrap().detaches, 1);
     assert!(c.device_info().is_err());
 }
+
+#[test]
+fn idle_client_serves_dma_requests() {
+    let srv = Running::start();
+    let c = Client::connect(&srv.path, ClientOptions::default()).unwrap();
+    let buf = DmaBuffer::new(0x5000, 0x1000).unwrap();
+    buf.write(0x5000, &[0x33; 32]).unwrap();
+    c.dma_map_fdless(&buf, DMA_FLAG_READ | DMA_FLAG_WRITE)
+        .unwrap();
+    c.region_write(1, 0x10, &0x5000u64.to_le_bytes()).unwrap();
+    c.region_write(1, 0x18, &32u64.to_le_bytes()).unwrap();
+    // a posted write triggers the device's DMA_READ while we wait for nothing
+    c.region_write_posted(1, 0x20, &1u64.to_le_bytes()).unwrap();
+    let n = c
+        .serve_pending(std::time::Duration::from_millis(200))
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(
+        srv.log.lock().unwrap().dma_result.clone().unwrap(),
+        Ok(vec![0x33; 32])
+    );
+    assert_eq!(
+        c.serve_pending(std::time::Duration::from_millis(10))
+            .unwrap(),
+        0
+    );
+}
