@@ -28,6 +28,19 @@ pub enum BdevKind {
         /// Use fallocate for write zeroes.
         fallocate: bool,
     },
+    /// NBD client (Sluice-specific `bdev_nbd_client_create`).
+    Nbd {
+        /// Unix socket of the NBD server (exclusive with `address`).
+        socket_path: Option<String>,
+        /// TCP `host:port` of the NBD server.
+        address: Option<String>,
+        /// Export name.
+        export_name: String,
+        /// Block size given at creation.
+        block_size_param: Option<u32>,
+        /// I/O timeout (ms).
+        timeout_ms: Option<u64>,
+    },
     /// File or block device through io_uring (SPDK `bdev_uring`).
     Uring {
         /// Path of the backing file.
@@ -83,6 +96,7 @@ impl Bdev {
             BdevKind::Malloc { .. } => "Malloc disk",
             BdevKind::Aio { .. } => "AIO disk",
             BdevKind::Uring { .. } => "URING bdev",
+            BdevKind::Nbd { .. } => "NBD disk",
         }
     }
 
@@ -91,7 +105,7 @@ impl Bdev {
         match self.kind {
             BdevKind::Null => (false, false),
             BdevKind::Malloc { .. } => (true, true),
-            BdevKind::Aio { .. } | BdevKind::Uring { .. } => (true, true),
+            BdevKind::Aio { .. } | BdevKind::Uring { .. } | BdevKind::Nbd { .. } => (true, true),
         }
     }
 
@@ -207,6 +221,30 @@ impl Bdev {
                 }
                 json!({"method": "bdev_uring_create", "params": p})
             }
+            BdevKind::Nbd {
+                socket_path,
+                address,
+                export_name,
+                block_size_param,
+                timeout_ms,
+            } => {
+                let mut p = json!({"name": self.name, "export_name": export_name, "uuid": uuid});
+                if let Some(o) = p.as_object_mut() {
+                    if let Some(s) = socket_path {
+                        o.insert("socket_path".into(), json!(s));
+                    }
+                    if let Some(a) = address {
+                        o.insert("address".into(), json!(a));
+                    }
+                    if let Some(bs) = block_size_param {
+                        o.insert("block_size".into(), json!(bs));
+                    }
+                    if let Some(t) = timeout_ms {
+                        o.insert("timeout_ms".into(), json!(t));
+                    }
+                }
+                json!({"method": "bdev_nbd_client_create", "params": p})
+            }
         }
     }
 
@@ -284,6 +322,57 @@ pub struct UringCreate {
     filename: String,
     block_size: Option<u32>,
     uuid: Option<String>,
+}
+
+/// `bdev_nbd_client_create` params.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NbdCreate {
+    name: String,
+    socket_path: Option<String>,
+    address: Option<String>,
+    #[serde(default)]
+    export_name: String,
+    block_size: Option<u32>,
+    timeout_ms: Option<u64>,
+    uuid: Option<String>,
+}
+
+impl NbdCreate {
+    /// Validate; the geometry comes from the server when the data plane connects.
+    pub fn build(self) -> Result<Bdev, RpcError> {
+        match (&self.socket_path, &self.address) {
+            (Some(s), None) if !s.is_empty() => {}
+            (None, Some(a))
+                if a.rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) => {}
+            (None, Some(a)) => return Err(bad(format!("address: '{a}' is not host:port"))),
+            _ => return Err(bad("socket_path/address: exactly one is required")),
+        }
+        let block_size = self.block_size.unwrap_or(512);
+        check_block_size("block_size", block_size)?;
+        if self.timeout_ms == Some(0) {
+            return Err(bad("timeout_ms: must be greater than 0"));
+        }
+        if self.export_name.len() > 4096 {
+            return Err(bad("export_name: longer than 4096 bytes"));
+        }
+        Ok(Bdev {
+            uuid: parse_uuid("uuid", self.uuid.as_deref())?,
+            name: self.name,
+            block_size,
+            physical_block_size: block_size,
+            num_blocks: 0,
+            kind: BdevKind::Nbd {
+                socket_path: self.socket_path,
+                address: self.address,
+                export_name: self.export_name,
+                block_size_param: self.block_size,
+                timeout_ms: self.timeout_ms,
+            },
+            qos: QosLimits::default(),
+        })
+    }
 }
 
 /// `bdev_*_delete` params.

@@ -409,9 +409,22 @@ fn spec(method: &str) -> Option<Spec> {
                 (None, "numa-id", "numa_id", Int, false),
             ],
         ),
-        "bdev_null_delete" | "bdev_malloc_delete" | "bdev_aio_delete" | "bdev_uring_delete" => {
-            s(&[("name", Str, false)], &[])
-        }
+        "bdev_nbd_client_create" => s(
+            &[("name", Str, false)],
+            &[
+                (Some('s'), "socket-path", "socket_path", Str, false),
+                (Some('a'), "address", "address", Str, false),
+                (Some('e'), "export-name", "export_name", Str, false),
+                (Some('b'), "block-size", "block_size", Int, false),
+                (Some('t'), "timeout-ms", "timeout_ms", Int, false),
+                (Some('u'), "uuid", "uuid", Str, false),
+            ],
+        ),
+        "bdev_null_delete"
+        | "bdev_malloc_delete"
+        | "bdev_aio_delete"
+        | "bdev_uring_delete"
+        | "bdev_nbd_client_delete" => s(&[("name", Str, false)], &[]),
         "bdev_aio_create" => s(
             &[
                 ("filename", Str, false),

@@ -32,6 +32,8 @@ pub const METHODS: &[&str] = &[
     "bdev_aio_delete",
     "bdev_uring_create",
     "bdev_uring_delete",
+    "bdev_nbd_client_create",
+    "bdev_nbd_client_delete",
     "bdev_get_bdevs",
     "bdev_get_iostat",
     "bdev_set_qos_limit",

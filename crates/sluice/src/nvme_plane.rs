@@ -188,6 +188,21 @@ impl DataPlane for NvmePlane {
                 block_size: *block_size_param,
                 uuid,
             }),
+            BdevKind::Nbd {
+                socket_path,
+                address,
+                export_name,
+                block_size_param,
+                timeout_ms,
+            } => brpc::bdev_nbd_client_create(&brpc::NbdCreateParams {
+                name: b.name.clone(),
+                socket_path: socket_path.clone(),
+                address: address.clone(),
+                export_name: export_name.clone(),
+                block_size: *block_size_param,
+                timeout_ms: *timeout_ms,
+                uuid,
+            }),
         }
         .map_err(|e| e.to_string())?;
         let geometry = (made.info().block_size, made.info().num_blocks);

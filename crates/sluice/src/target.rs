@@ -178,6 +178,12 @@ impl Target {
             "bdev_uring_create" => decode::<bdevs::UringCreate>(params)
                 .and_then(|p| p.build())
                 .and_then(|b| self.register_bdev(b)),
+            "bdev_nbd_client_create" => decode::<bdevs::NbdCreate>(params)
+                .and_then(|p| p.build())
+                .and_then(|b| self.register_bdev(b)),
+            "bdev_nbd_client_delete" => {
+                self.delete_bdev(params, |b| matches!(b.kind, bdevs::BdevKind::Nbd { .. }))
+            }
             "bdev_null_delete" => {
                 self.delete_bdev(params, |b| matches!(b.kind, bdevs::BdevKind::Null))
             }

@@ -231,3 +231,50 @@ fn live_namespace_add_raises_aen_and_listener_removal_detaches_client() {
     let mut c2 = connect(&sock);
     assert_eq!(c2.active_namespaces().unwrap(), vec![1]);
 }
+
+#[test]
+fn nbd_client_bdev_against_qemu_nbd() {
+    if std::process::Command::new("qemu-nbd")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("qemu-nbd not installed: skipping");
+        return;
+    }
+    let d = Daemon::start(&[]);
+    let img = d.path("nbd.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let nbd_sock = d.path("nbd.sock");
+    let mut server = std::process::Command::new("qemu-nbd")
+        .args(["--format=raw", "--persistent", "--shared=4", "--socket"])
+        .arg(&nbd_sock)
+        .arg(&img)
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !nbd_sock.exists() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = d.rpc_ok(&[
+        "bdev_nbd_client_create",
+        "Nbd0",
+        "-s",
+        nbd_sock.to_str().unwrap(),
+    ]);
+    assert_eq!(out, "Nbd0\n");
+    let b = d.rpc_json(&["bdev_get_bdevs", "-b", "Nbd0"]);
+    assert_eq!(
+        b[0]["num_blocks"], 2048,
+        "geometry from the NBD server: {b}"
+    );
+    let saved = d.rpc_ok(&["save_config"]);
+    assert!(saved.contains("bdev_nbd_client_create"));
+    d.rpc_ok(&["bdev_nbd_client_delete", "Nbd0"]);
+    assert_eq!(d.rpc_json(&["bdev_get_bdevs"]), serde_json::json!([]));
+    let _ = server.kill();
+    let _ = server.wait();
+}
