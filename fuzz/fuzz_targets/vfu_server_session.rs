@@ -27,16 +27,33 @@ impl Device for FuzzDevice {
             0 => Some(RegionInfo {
                 size: 0x2000,
                 flags: rw,
-                mmap: Some(RegionMmap { fd: self.bar0.clone(), file_offset: 0, areas: vec![SparseArea { offset: 0x1000, size: 0x1000 }] }),
+                mmap: Some(RegionMmap {
+                    fd: self.bar0.clone(),
+                    file_offset: 0,
+                    areas: vec![SparseArea {
+                        offset: 0x1000,
+                        size: 0x1000,
+                    }],
+                }),
             }),
-            1 | 7 => Some(RegionInfo { size: 256, flags: rw, mmap: None }),
+            1 | 7 => Some(RegionInfo {
+                size: 256,
+                flags: rw,
+                mmap: None,
+            }),
             _ => None,
         }
     }
     fn irq_info(&self, index: u32) -> Option<IrqInfo> {
         match index {
-            0 | 3 | 4 => Some(IrqInfo { count: 1, flags: IRQ_INFO_EVENTFD }),
-            2 => Some(IrqInfo { count: 4, flags: IRQ_INFO_EVENTFD }),
+            0 | 3 | 4 => Some(IrqInfo {
+                count: 1,
+                flags: IRQ_INFO_EVENTFD,
+            }),
+            2 => Some(IrqInfo {
+                count: 4,
+                flags: IRQ_INFO_EVENTFD,
+            }),
             _ => None,
         }
     }
@@ -52,7 +69,10 @@ impl Device for FuzzDevice {
     fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), Errno> {
         let o = offset as usize;
         if index != 0 {
-            self.regs.get_mut(o..o + data.len()).ok_or(Errno::INVAL)?.copy_from_slice(data);
+            self.regs
+                .get_mut(o..o + data.len())
+                .ok_or(Errno::INVAL)?
+                .copy_from_slice(data);
         }
         Ok(())
     }
@@ -65,10 +85,15 @@ impl Device for FuzzDevice {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok((ours, theirs)) = UnixStream::pair() else { return };
+    let Ok((ours, theirs)) = UnixStream::pair() else {
+        return;
+    };
     let bar0 = rustix::fs::memfd_create("bar0", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
     rustix::fs::ftruncate(&bar0, 0x2000).unwrap();
-    let mut dev = FuzzDevice { bar0: Arc::new(bar0), regs: [0; 256] };
+    let mut dev = FuzzDevice {
+        bar0: Arc::new(bar0),
+        regs: [0; 256],
+    };
     let mut w = theirs.try_clone().unwrap();
     if data.first().is_some_and(|b| b % 2 == 0) {
         let mut v = VersionHdr { major: 0, minor: 2 }.bytes().to_vec();
