@@ -351,3 +351,47 @@ fn idle_client_serves_dma_requests() {
         0
     );
 }
+
+#[test]
+fn dma_from_another_thread_while_client_sends_commands() {
+    for twin in [false, true] {
+        let srv = Running::start();
+        let c = Client::connect(
+            &srv.path,
+            ClientOptions {
+                twin_socket: twin,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let buf = DmaBuffer::new(0x8000, 0x1000).unwrap();
+        let pattern: Vec<u8> = (0..0x1000u32).map(|i| (i * 7) as u8).collect();
+        buf.write(0x8000, &pattern).unwrap();
+        c.dma_map_fdless(&buf, DMA_FLAG_READ).unwrap();
+        c.region_write(1, 0x10, &0x8000u64.to_le_bytes()).unwrap();
+        c.region_write(1, 0xf0, &[1]).unwrap();
+        // keep the session busy with commands; DMA requests interleave with them
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            assert_eq!(c.device_info().unwrap().num_regions, 9);
+            let mut b = [0u8; 4];
+            c.region_read(7, 0, &mut b).unwrap();
+            assert_eq!(b, [0x58, 0x4e, 0x01, 0x00]);
+            if srv.log.lock().unwrap().bg_done.is_some() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "background DMA did not finish"
+            );
+        }
+        let res = srv.log.lock().unwrap().bg_done.take().unwrap();
+        for (i, r) in res.into_iter().enumerate() {
+            assert_eq!(
+                r.unwrap(),
+                pattern[i * 64..i * 64 + 64].to_vec(),
+                "twin={twin} chunk {i}"
+            );
+        }
+    }
+}

@@ -37,6 +37,7 @@ pub struct Log {
     pub dma_result: Option<Result<Vec<u8>, Errno>>,
     pub features: Vec<(u16, FeatureOp)>,
     pub mig_in: Vec<u8>,
+    pub bg_done: Option<Vec<Result<Vec<u8>, Errno>>>,
 }
 
 /// BAR0: 16 KiB memfd, sparse area [0x1000, 0x2000); BAR1: 256-byte callback registers
@@ -172,6 +173,21 @@ impl Device for SampleDevice {
                             .trigger(IRQ_INDEX_MSIX, v)?;
                     }
                     0x38 => return Err(Errno::IO),
+                    0xf0 => {
+                        // a "poll thread": DMA reads from another thread while the session runs
+                        let dma = self.ctx.as_ref().ok_or(Errno::NOTCONN)?.dma.clone();
+                        let addr = reg(&self.bar1, 0x10);
+                        let log = self.log.clone();
+                        std::thread::spawn(move || {
+                            let res: Vec<_> = (0..50u64)
+                                .map(|i| {
+                                    let mut b = vec![0u8; 64];
+                                    dma.read(addr + i * 64, &mut b).map(|_| b)
+                                })
+                                .collect();
+                            log.lock().unwrap().bg_done = Some(res);
+                        });
+                    }
                     _ => {}
                 }
             }
