@@ -25,7 +25,9 @@ use vfu_server::{
 };
 
 use crate::config::{BarRole, PciConfig, CONFIG_REGION, CONFIG_SPACE_SIZE, ROM_REGION};
-use crate::irq::{InterruptSink, IrqShared, IrqSignal, IRQ_ERR, IRQ_INTX, IRQ_MSIX, IRQ_REQ};
+use crate::irq::{
+    InterruptSink, IrqShared, IrqSignal, MaskSource, IRQ_ERR, IRQ_INTX, IRQ_MSIX, IRQ_REQ,
+};
 use crate::msix::MsixTable;
 use crate::space::{
     ConfigSpace, WriteEffects, CMD_INTX_DISABLE, CMD_MEMORY, MSIX_CTL_ENABLE, MSIX_CTL_MASKALL,
@@ -342,7 +344,7 @@ impl<F: PciFunction> PciEndpoint<F> {
                         break;
                     };
                     if per_vector(i) {
-                        self.irq.set_vector_masked(v, mask);
+                        self.irq.set_vector_masked(v, MaskSource::SetIrqs, mask);
                     }
                 }
             }
@@ -475,11 +477,13 @@ impl<F: PciFunction> vfu_server::Device for PciEndpoint<F> {
     fn attach(&mut self, ctx: DeviceContext) {
         self.irq
             .set_route(Some(Box::new(ServerIrqs(ctx.irqs.clone()))));
+        self.irq.clear_client_masks();
         self.function.attach(&ctx);
     }
 
     fn detach(&mut self) {
         self.irq.set_route(None);
+        self.irq.clear_client_masks();
         self.function.detach();
     }
 

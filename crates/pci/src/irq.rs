@@ -2,8 +2,9 @@
 //! [`InterruptSink`] handle devices fire interrupts with.
 //!
 //! All state a poll thread needs is atomic: MSI-X enable and function mask (mirrored from
-//! config writes), a per-vector "masked by the client" bitmap (set only by the client's own
-//! MSI-X table writes or SET_IRQS MASK), the pending bit array, and the INTx state. The
+//! config writes), two per-vector "masked by the client" bitmaps (the client's own MSI-X
+//! table writes, which are device state, and SET_IRQS MASK, which is per client and cleared
+//! on attach/detach), the pending bit array, and the INTx state. The
 //! eventfds live in the server's irq table, reached through an [`IrqSignal`] installed at
 //! attach time (an `arc_swap` load on the fast path, no lock).
 //!
@@ -49,6 +50,15 @@ pub trait IrqSignal: Send + Sync + 'static {
     fn signal(&self, index: u32, vector: u32) -> Result<bool, Errno>;
 }
 
+/// Which client action masked a vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MaskSource {
+    /// Vector control bit in the MSI-X table (device state, survives reconnects).
+    Table,
+    /// SET_IRQS ACTION_MASK (per client).
+    SetIrqs,
+}
+
 /// Result of [`InterruptSink::fire`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FireOutcome {
@@ -70,7 +80,10 @@ pub(crate) struct IrqShared {
     has_intx: bool,
     msix_enabled: AtomicBool,
     msix_fn_masked: AtomicBool,
-    vec_masked: Box<[AtomicU64]>,
+    /// Mask bits the client wrote into the MSI-X table (device state).
+    table_masked: Box<[AtomicU64]>,
+    /// Masks set with SET_IRQS MASK (per client: cleared on attach/detach).
+    irq_masked: Box<[AtomicU64]>,
     pending: Box<[AtomicU64]>,
     intx_disabled: AtomicBool,
     intx_masked: AtomicBool,
@@ -94,7 +107,8 @@ impl IrqShared {
             has_intx,
             msix_enabled: AtomicBool::new(false),
             msix_fn_masked: AtomicBool::new(false),
-            vec_masked: bitmap(vectors),
+            table_masked: bitmap(vectors),
+            irq_masked: bitmap(vectors),
             pending: bitmap(vectors),
             intx_disabled: AtomicBool::new(false),
             intx_masked: AtomicBool::new(false),
@@ -147,7 +161,9 @@ impl IrqShared {
     }
 
     fn msix_masked(&self, v: u32) -> bool {
-        self.msix_fn_masked.load(SeqCst) || Self::bit(&self.vec_masked, v)
+        self.msix_fn_masked.load(SeqCst)
+            || Self::bit(&self.table_masked, v)
+            || Self::bit(&self.irq_masked, v)
     }
 
     pub(crate) fn msix_enabled(&self) -> bool {
@@ -313,27 +329,44 @@ impl IrqShared {
         }
     }
 
-    /// The client masked/unmasked vector `v` (table write or SET_IRQS).
-    pub(crate) fn set_vector_masked(&self, v: u32, masked: bool) {
+    /// The client masked/unmasked vector `v` through `source`. An unmask delivers the
+    /// vector if it is pending and no other mask holds it.
+    pub(crate) fn set_vector_masked(&self, v: u32, source: MaskSource, masked: bool) {
         if v >= self.vectors {
             return;
         }
-        Self::set_bit(&self.vec_masked, v, masked);
+        let map = match source {
+            MaskSource::Table => &self.table_masked,
+            MaskSource::SetIrqs => &self.irq_masked,
+        };
+        Self::set_bit(map, v, masked);
         if !masked {
             self.flush_vector(v);
         }
     }
 
+    /// Drops the SET_IRQS masks of a departed client (the next client starts unmasked) and
+    /// delivers what they held back, if a route exists.
+    pub(crate) fn clear_client_masks(&self) {
+        for a in self.irq_masked.iter() {
+            a.store(0, SeqCst);
+        }
+        if self.msix_enabled() && !self.msix_fn_masked.load(SeqCst) {
+            self.flush_range(0, self.vectors);
+        }
+    }
+
     #[cfg(test)]
     pub(crate) fn vector_masked(&self, v: u32) -> bool {
-        Self::bit(&self.vec_masked, v)
+        Self::bit(&self.table_masked, v) || Self::bit(&self.irq_masked, v)
     }
 
     /// Back to power-on state (FLR, device reset). The route is kept.
     pub(crate) fn reset(&self) {
         self.msix_enabled.store(false, SeqCst);
         self.msix_fn_masked.store(false, SeqCst);
-        for a in self.vec_masked.iter().chain(self.pending.iter()) {
+        let maps = [&self.table_masked, &self.irq_masked, &self.pending];
+        for a in maps.into_iter().flat_map(|m| m.iter()) {
             a.store(0, SeqCst);
         }
         self.intx_disabled.store(false, SeqCst);
@@ -454,13 +487,13 @@ pub(crate) mod tests {
         let (s, fds) = setup(8, true);
         let fd = fds.install(IRQ_MSIX, 1);
         s.set_msix_control(true, false);
-        s.set_vector_masked(1, true);
+        s.set_vector_masked(1, MaskSource::Table, true);
         assert_eq!(s.fire(1), FireOutcome::Pending);
         assert_eq!(s.fire(1), FireOutcome::Pending);
         assert!(s.is_pending(1));
         assert_eq!(s.pba_word(0), 0b10);
         assert_eq!(count(&fd), 0);
-        s.set_vector_masked(1, false);
+        s.set_vector_masked(1, MaskSource::Table, false);
         assert_eq!(count(&fd), 1, "one delivery for the coalesced pending bit");
         assert!(!s.is_pending(1));
         assert_eq!(s.pba_word(0), 0);
@@ -500,12 +533,30 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn msix_table_and_setirqs_masks_are_independent() {
+        let (s, fds) = setup(2, false);
+        let fd = fds.install(IRQ_MSIX, 0);
+        s.set_msix_control(true, false);
+        s.set_vector_masked(0, MaskSource::Table, true);
+        s.set_vector_masked(0, MaskSource::SetIrqs, true);
+        assert_eq!(s.fire(0), FireOutcome::Pending);
+        s.set_vector_masked(0, MaskSource::Table, false);
+        assert_eq!(count(&fd), 0, "still masked by SET_IRQS");
+        s.clear_client_masks(); // client gone / new client
+        assert_eq!(count(&fd), 1);
+        s.set_vector_masked(0, MaskSource::Table, true);
+        s.clear_client_masks();
+        assert!(s.vector_masked(0), "table mask is device state");
+        assert_eq!(s.fire(0), FireOutcome::Pending);
+    }
+
+    #[test]
     fn msix_bad_vector_is_dropped() {
         let (s, _fds) = setup(4, true);
         s.set_msix_control(true, false);
         assert_eq!(s.fire(4), FireOutcome::Dropped);
         assert_eq!(s.fire(u32::MAX), FireOutcome::Dropped);
-        s.set_vector_masked(4, true); // ignored, no panic
+        s.set_vector_masked(4, MaskSource::Table, true); // ignored, no panic
         assert!(!s.vector_masked(4));
     }
 
@@ -560,7 +611,7 @@ pub(crate) mod tests {
         let (s, fds) = setup(4, true);
         let fd = fds.install(IRQ_MSIX, 0);
         s.set_msix_control(true, true);
-        s.set_vector_masked(0, true);
+        s.set_vector_masked(0, MaskSource::Table, true);
         s.fire(0);
         s.reset();
         assert!(!s.msix_enabled());
@@ -577,10 +628,10 @@ pub(crate) mod tests {
             let (s, fds) = setup(1, false);
             let fd = fds.install(IRQ_MSIX, 0);
             s.set_msix_control(true, false);
-            s.set_vector_masked(0, true);
+            s.set_vector_masked(0, MaskSource::Table, true);
             let s2 = s.clone();
             let t = std::thread::spawn(move || s2.fire(0));
-            s.set_vector_masked(0, false);
+            s.set_vector_masked(0, MaskSource::Table, false);
             let outcome = t.join().unwrap();
             // Whatever the interleaving, the one interrupt arrived exactly once.
             assert_eq!(count(&fd), 1, "outcome {outcome:?}");

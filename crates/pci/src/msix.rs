@@ -9,7 +9,7 @@
 use rustix::io::Errno;
 
 use crate::config::MsixLayout;
-use crate::irq::IrqShared;
+use crate::irq::{IrqShared, MaskSource};
 
 /// Vector control: mask bit.
 pub const MSIX_VECTOR_MASKED: u32 = 1;
@@ -103,7 +103,7 @@ impl MsixTable {
                 let masked = value & MSIX_VECTOR_MASKED != 0;
                 *slot = value & MSIX_VECTOR_MASKED;
                 let vector = (at / 4) as u32;
-                irq.set_vector_masked(vector, masked);
+                irq.set_vector_masked(vector, MaskSource::Table, masked);
             } else if at % 4 == 0 {
                 *slot = value & !0x3; // message address is dword aligned
             } else {
