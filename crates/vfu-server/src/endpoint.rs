@@ -83,7 +83,8 @@ pub struct ShutdownHandle {
 }
 
 impl ShutdownHandle {
-    /// Requests shutdown: `serve` detaches the current client and returns.
+    /// Requests shutdown: `serve` detaches the current client and returns. Shutdown is
+    /// permanent for this [`Server`]: a later `serve` call returns at once.
     pub fn shutdown(&self) {
         let _ = rustix::io::write(self.fd.as_ref(), &1u64.to_ne_bytes());
     }
