@@ -233,7 +233,7 @@ impl<F: PciFunction> PciEndpoint<F> {
         let status_byte = PCI_STATUS as u64;
         if let Some(i) = status_byte.checked_sub(offset) {
             if let Some(b) = usize::try_from(i).ok().and_then(|i| data.get_mut(i)) {
-                if self.irq.intx_pending() {
+                if self.irq.intx_status() {
                     *b |= STATUS_INTX as u8;
                 }
             }
@@ -802,8 +802,13 @@ mod tests {
         assert_ne!(cfg_r16(&mut ep, 6) & STATUS_INTX, 0, "interrupt status");
         ep.set_irqs(&unmask).unwrap();
         assert_eq!(count(&fd), 2);
-        assert_eq!(cfg_r16(&mut ep, 6) & STATUS_INTX, 0);
+        assert_ne!(
+            cfg_r16(&mut ep, 6) & STATUS_INTX,
+            0,
+            "held pulse now in flight"
+        );
         ep.set_irqs(&unmask).unwrap();
+        assert_eq!(cfg_r16(&mut ep, 6) & STATUS_INTX, 0, "acknowledged");
         cfg_w16(&mut ep, 4, CMD_INTX_DISABLE);
         assert_eq!(sink.fire(0), FireOutcome::Pending);
         assert_eq!(count(&fd), 0);

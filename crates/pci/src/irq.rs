@@ -88,6 +88,8 @@ pub(crate) struct IrqShared {
     intx_disabled: AtomicBool,
     intx_masked: AtomicBool,
     intx_pending: AtomicBool,
+    /// Delivered and not yet acknowledged by the client's UNMASK (the line is "asserted").
+    intx_inflight: AtomicBool,
     route: ArcSwapOption<Route>,
 }
 
@@ -113,6 +115,7 @@ impl IrqShared {
             intx_disabled: AtomicBool::new(false),
             intx_masked: AtomicBool::new(false),
             intx_pending: AtomicBool::new(false),
+            intx_inflight: AtomicBool::new(false),
             route: ArcSwapOption::empty(),
         }
     }
@@ -269,7 +272,10 @@ impl IrqShared {
             }
             if self.intx_pending.swap(false, SeqCst) {
                 match self.signal(IRQ_INTX, 0) {
-                    Ok(true) => return true,
+                    Ok(true) => {
+                        self.intx_inflight.store(true, SeqCst);
+                        return true;
+                    }
                     Ok(false) => {
                         // No eventfd: keep it pending, undo the auto-mask.
                         self.intx_pending.store(true, SeqCst);
@@ -288,8 +294,15 @@ impl IrqShared {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn intx_pending(&self) -> bool {
         self.intx_pending.load(SeqCst)
+    }
+
+    /// The Interrupt Status bit: a pulse is pending, or was delivered and the client has
+    /// not unmasked (acknowledged) it yet.
+    pub(crate) fn intx_status(&self) -> bool {
+        self.intx_pending.load(SeqCst) || self.intx_inflight.load(SeqCst)
     }
 
     #[cfg(test)]
@@ -304,6 +317,9 @@ impl IrqShared {
 
     /// Client SET_IRQS MASK/UNMASK on INTx.
     pub(crate) fn set_intx_masked(&self, masked: bool) {
+        if !masked {
+            self.intx_inflight.store(false, SeqCst);
+        }
         self.intx_masked.store(masked, SeqCst);
         if !masked {
             self.try_deliver_intx();
@@ -372,6 +388,7 @@ impl IrqShared {
         self.intx_disabled.store(false, SeqCst);
         self.intx_masked.store(false, SeqCst);
         self.intx_pending.store(false, SeqCst);
+        self.intx_inflight.store(false, SeqCst);
     }
 }
 
@@ -564,8 +581,10 @@ pub(crate) mod tests {
     fn intx_used_when_msix_disabled_and_automasks() {
         let (s, fds) = setup(4, true);
         let fd = fds.install(IRQ_INTX, 0);
+        assert!(!s.intx_status());
         assert_eq!(s.fire(0), FireOutcome::Delivered);
         assert!(s.intx_masked(), "auto-masked after delivery");
+        assert!(s.intx_status(), "asserted until the client acknowledges");
         assert_eq!(s.fire(0), FireOutcome::Pending);
         assert_eq!(count(&fd), 1);
         s.set_intx_masked(false); // client UNMASK
@@ -573,6 +592,7 @@ pub(crate) mod tests {
         assert!(s.intx_masked());
         s.set_intx_masked(false);
         assert_eq!(count(&fd), 0, "nothing pending: no spurious interrupt");
+        assert!(!s.intx_status());
         assert!(!s.intx_masked());
     }
 
