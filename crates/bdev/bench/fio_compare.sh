@@ -15,16 +15,19 @@ if [ ! -f "$FILE" ] || [ "$(stat -c %s "$FILE")" -ne $((SIZE_MB * 1048576)) ]; t
 fi
 cargo build --release -q -p sluice-bdev --example randread
 BIN=${CARGO_TARGET_DIR:-target}/release/examples/randread
-s=(); f=()
+s=(); w=(); f=()
 for i in $(seq "$RUNS"); do
-    out=$("$BIN" "$FILE" "$SECS" 32 4096 uring direct)
+    out=$("$BIN" "$FILE" "$SECS" 32 4096 uring direct spin)
     s+=("$(sed -E 's/iops=([0-9]+).*/\1/' <<<"$out")")
+    out=$("$BIN" "$FILE" "$SECS" 32 4096 uring direct wait)
+    w+=("$(sed -E 's/iops=([0-9]+).*/\1/' <<<"$out")")
     j=$(fio --name=rr --filename="$FILE" --direct=1 --rw=randread --bs=4k --iodepth=32 \
         --ioengine=io_uring --runtime="$SECS" --time_based --numjobs=1 --readonly \
         --output-format=json)
     f+=("$(python3 -c 'import json,sys; print(int(json.load(sys.stdin)["jobs"][0]["read"]["iops"]))' <<<"$j")")
-    echo "run $i: sluice=${s[-1]} fio=${f[-1]}"
+    echo "run $i: sluice_spin=${s[-1]} sluice_wait=${w[-1]} fio=${f[-1]}"
 done
 med() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-ms=$(med "${s[@]}"); mf=$(med "${f[@]}")
-echo "median: sluice=$ms fio=$mf ratio=$(python3 -c "print(f'{$ms/$mf:.3f}')")"
+ms=$(med "${s[@]}"); mw=$(med "${w[@]}"); mf=$(med "${f[@]}")
+echo "median: sluice_spin=$ms sluice_wait=$mw fio=$mf"
+echo "ratio: spin/fio=$(python3 -c "print(f'{$ms/$mf:.3f}')") wait/fio=$(python3 -c "print(f'{$mw/$mf:.3f}')")"

@@ -1,7 +1,10 @@
 //! Random-read load generator for a file bdev (compare with `fio`, see
 //! `bench/fio_compare.sh`).
 //!
-//! `cargo run --release -p sluice-bdev --example randread -- FILE [SECS] [QD] [BS] [uring|pool] [direct|buffered]`
+//! `cargo run --release -p sluice-bdev --example randread -- FILE [SECS] [QD] [BS] [uring|pool] [direct|buffered] [spin|wait]`
+//!
+//! `spin` busy-polls (how a Sluice poll thread runs); `wait` blocks in
+//! `IoChannel::wait` when nothing completed (how fio's io_uring engine waits).
 //! prints one line: `iops=<n> mib_s=<n>`.
 #![allow(
     clippy::unwrap_used,
@@ -32,6 +35,7 @@ fn main() {
     o.direct = args.get(6).map(String::as_str) != Some("buffered");
     o.read_only = true;
     o.queue_depth = qd as u32;
+    let wait = args.get(7).map(String::as_str) == Some("wait");
     let bdev = FileBdev::open(&o).unwrap();
     assert!(
         !o.direct || bdev.is_direct(),
@@ -74,6 +78,9 @@ fn main() {
             ready.push(c.tag as usize);
         });
         done += ready.len() as u64;
+        if ready.is_empty() && wait {
+            ch.wait(Duration::from_millis(10));
+        }
         for slot in ready.drain(..) {
             submit(&mut ch, slot, next_off());
         }

@@ -198,6 +198,12 @@ impl IoChannel for ErrorChannel {
     fn in_flight(&self) -> usize {
         self.failed.len() + self.inner.in_flight()
     }
+
+    fn wait(&mut self, timeout: std::time::Duration) {
+        if self.failed.is_empty() {
+            self.inner.wait(timeout);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -234,6 +234,13 @@ impl IoChannel for LayeredChannel {
     fn in_flight(&self) -> usize {
         self.in_inner + self.held.len()
     }
+
+    fn wait(&mut self, timeout: std::time::Duration) {
+        // Held requests are released by `poll`: never sleep past them.
+        if self.held.is_empty() && self.in_inner > 0 {
+            self.inner.wait(timeout);
+        }
+    }
 }
 
 #[cfg(test)]

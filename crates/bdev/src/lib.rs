@@ -577,6 +577,14 @@ pub trait IoChannel: Send {
     fn poll(&mut self, done: &mut dyn FnMut(IoCompletion)) -> usize;
     /// Requests submitted and not yet completed through `poll`.
     fn in_flight(&self) -> usize;
+
+    /// Optionally block up to `timeout` until at least one completion is ready (for
+    /// interrupt-style / adaptive pollers that would otherwise sleep blindly). Returns
+    /// immediately when nothing is in flight. Backends without a way to wait return at
+    /// once (default); callers must not rely on it having waited.
+    fn wait(&mut self, timeout: std::time::Duration) {
+        let _ = timeout;
+    }
 }
 
 /// A null bdev wrapped with stats and QoS, in one line (for tests and benchmarks).

@@ -865,6 +865,16 @@ impl IoChannel for NbdChannel {
     fn in_flight(&self) -> usize {
         self.in_flight
     }
+
+    fn wait(&mut self, timeout: Duration) {
+        if self.in_flight == 0 || !self.done_rx.is_empty() {
+            return;
+        }
+        if let Ok(c) = self.done_rx.recv_timeout(timeout) {
+            // Put it back for `poll` (our own sender: cannot be disconnected).
+            let _ = self.done_tx.send(c);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -85,3 +85,34 @@ fn file_open_errors_are_clear() {
     let e = FileBdev::open(&FileOptions::new("x", "/dev")).unwrap_err();
     assert!(e.to_string().contains("neither"), "{e}");
 }
+
+#[test]
+fn wait_returns_once_a_completion_is_ready() {
+    for engine in [FileEngine::Uring, FileEngine::ThreadPool] {
+        let (_f, b) = file_bdev(engine, true, 1 << 20);
+        let mut ch = b.open_channel().unwrap();
+        // Nothing in flight: returns at once.
+        let t = std::time::Instant::now();
+        ch.wait(std::time::Duration::from_secs(5));
+        assert!(t.elapsed() < std::time::Duration::from_secs(1));
+        let mut buf = common::AlignedBuf::new(4096, 0);
+        ch.submit(sluice_bdev::IoRequest::with_iov(
+            sluice_bdev::IoOp::Read,
+            0,
+            buf.iovecs(1),
+            1,
+        ))
+        .unwrap();
+        let t = std::time::Instant::now();
+        let mut n = 0;
+        while n == 0 {
+            ch.wait(std::time::Duration::from_secs(5));
+            n = ch.poll(&mut |c| assert_eq!(c.result, Ok(())));
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(5),
+                "{engine:?}"
+            );
+        }
+        assert_eq!(ch.in_flight(), 0);
+    }
+}

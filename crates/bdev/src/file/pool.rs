@@ -181,4 +181,13 @@ impl IoChannel for PoolChannel {
     fn in_flight(&self) -> usize {
         self.in_flight
     }
+
+    fn wait(&mut self, timeout: std::time::Duration) {
+        if !self.local.is_empty() || self.in_flight == 0 || !self.rx_done.is_empty() {
+            return;
+        }
+        if let Ok(c) = self.rx_done.recv_timeout(timeout) {
+            self.local.push_back(c);
+        }
+    }
 }

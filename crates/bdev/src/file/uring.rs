@@ -273,6 +273,20 @@ impl IoChannel for UringChannel {
     fn in_flight(&self) -> usize {
         self.busy + self.local.len()
     }
+
+    fn wait(&mut self, timeout: Duration) {
+        if !self.local.is_empty() || self.busy == 0 || !self.ring.completion().is_empty() {
+            return;
+        }
+        let ts = types::Timespec::from(timeout);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        // Submits anything pending and sleeps until one CQE or the timeout (ETIME).
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(n) => self.unsubmitted = self.unsubmitted.saturating_sub(n),
+            Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
+            Err(e) => tracing::debug!(error = %e, "io_uring wait"),
+        }
+    }
 }
 
 impl Drop for UringChannel {
