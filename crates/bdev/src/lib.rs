@@ -220,6 +220,9 @@ impl IoVec {
     }
 }
 
+/// Most iovecs one request may carry (`IOV_MAX`); more complete with [`IoError::Invalid`].
+pub const MAX_IOVECS: usize = 1024;
+
 /// Number of iovecs stored inline (no allocation) in [`IoVecs`].
 pub const IOVECS_INLINE: usize = 4;
 
@@ -601,5 +604,66 @@ pub fn null_bdev(name: &str, size_bytes: u64, block_size: u32) -> Arc<dyn Bdev> 
     match NullBdev::new(name, bs, blocks, None) {
         Ok(b) => Layered::wrap(Arc::new(b)),
         Err(_) => Layered::wrap(Arc::new(NullBdev::fallback(name))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(n: usize) -> IoVec {
+        // SAFETY: never dereferenced; only address/length bookkeeping is tested.
+        unsafe { IoVec::from_raw(std::ptr::null_mut::<u8>().wrapping_add(4096 * n), 512 * n) }
+    }
+
+    #[test]
+    fn iovecs_inline_then_spill_stay_ordered_and_contiguous() {
+        let mut l = IoVecs::new();
+        assert!(l.is_empty());
+        for i in 1..=IOVECS_INLINE + 3 {
+            l.push(v(i));
+            assert_eq!(l.len(), i);
+            let lens: Vec<usize> = l.as_slice().iter().map(|x| x.len()).collect();
+            assert_eq!(lens, (1..=i).map(|k| 512 * k).collect::<Vec<_>>());
+        }
+        let n = IOVECS_INLINE + 3;
+        assert_eq!(l.total_len(), Some((512 * n * (n + 1) / 2) as u64));
+        assert!(l.is_aligned(512));
+        assert!(!l.is_aligned(1024));
+        l.clear();
+        assert!(l.is_empty());
+        l.push(v(2));
+        assert_eq!(l.as_slice(), &[v(2)]);
+    }
+
+    #[test]
+    fn iovecs_total_len_overflow_is_none() {
+        let mut l = IoVecs::new();
+        // SAFETY: never dereferenced.
+        l.push(unsafe { IoVec::from_raw(std::ptr::null_mut(), usize::MAX) });
+        // SAFETY: never dereferenced.
+        l.push(unsafe { IoVec::from_raw(std::ptr::null_mut(), usize::MAX) });
+        assert_eq!(l.total_len(), None);
+        let r = IoRequest::with_iov(IoOp::Read, 0, l, 1);
+        assert_eq!(r.len, 0);
+    }
+
+    #[test]
+    fn nvme_status_mapping_is_distinct_for_media_errors() {
+        assert_eq!(IoError::MediaRead.nvme_status(), (2, 0x81));
+        assert_eq!(IoError::MediaWrite.nvme_status(), (2, 0x80));
+        assert_eq!(IoError::CompareMismatch.nvme_status(), (2, 0x85));
+        assert_eq!(
+            IoError::from_errno(libc::EIO, IoOp::Read),
+            IoError::MediaRead
+        );
+        assert_eq!(
+            IoError::from_errno(libc::EIO, IoOp::Flush),
+            IoError::MediaWrite
+        );
+        assert_eq!(
+            IoError::from_errno(libc::ENOSPC, IoOp::Read),
+            IoError::NoSpace
+        );
     }
 }

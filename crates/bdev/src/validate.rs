@@ -25,7 +25,7 @@ pub(crate) fn check(info: &BdevInfo, io: &IoRequest) -> Result<(), IoError> {
         if info.max_io_bytes != 0 && io.len > info.max_io_bytes {
             return Err(IoError::Invalid);
         }
-        if io.iov.total_len() != Some(io.len) {
+        if io.iov.len() > crate::MAX_IOVECS || io.iov.total_len() != Some(io.len) {
             return Err(IoError::Invalid);
         }
     }

@@ -184,7 +184,7 @@ pub fn integrity(bdev: &dyn Bdev, span: u64, rounds: usize, seed: u64) {
         for (off, len, op, buf, t) in batch.iter_mut() {
             let io = match buf.as_mut() {
                 Some(b) => {
-                    let pieces = 1 + (*t % 3) as usize;
+                    let pieces = 1 + (*t % 6) as usize;
                     IoRequest::with_iov(*op, *off, b.iovecs(pieces), *t)
                 }
                 None => IoRequest::new(*op, *off, *len, *t),
