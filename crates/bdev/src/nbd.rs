@@ -506,6 +506,7 @@ impl Bdev for NbdBdev {
             done_rx,
             in_flight: 0,
             timeout: self.opts.io_timeout,
+            fua_emulated: Vec::new(),
         }))
     }
 
@@ -817,6 +818,9 @@ fn reader(mut s: Stream, shared: Arc<Shared>, generation: u64, dead: Sender<()>)
 }
 
 struct NbdChannel {
+    /// Tags of FUA writes sent as plain writes (server without `SEND_FUA`): a Flush with
+    /// the same tag follows their completion, and that completes the request.
+    fua_emulated: Vec<u64>,
     info: BdevInfo,
     tx: Sender<Cmd>,
     done_tx: Sender<IoCompletion>,
@@ -841,6 +845,14 @@ impl IoChannel for NbdChannel {
             });
             return Ok(());
         }
+        let mut io = io;
+        if let IoOp::Write { fua: true } = io.op {
+            if !self.info.caps.fua {
+                // validate() accepted it, so the server has flush: write, then flush.
+                io.op = IoOp::Write { fua: false };
+                self.fua_emulated.push(io.tag);
+            }
+        }
         let cmd = Cmd {
             io,
             reply: self.done_tx.clone(),
@@ -855,6 +867,20 @@ impl IoChannel for NbdChannel {
     fn poll(&mut self, done: &mut dyn FnMut(IoCompletion)) -> usize {
         let mut n = 0;
         while let Ok(c) = self.done_rx.try_recv() {
+            if let Some(pos) = self.fua_emulated.iter().position(|t| *t == c.tag) {
+                self.fua_emulated.swap_remove(pos);
+                if c.result.is_ok() {
+                    let cmd = Cmd {
+                        io: IoRequest::new(IoOp::Flush, 0, 0, c.tag),
+                        reply: self.done_tx.clone(),
+                        deadline: Instant::now() + self.timeout,
+                    };
+                    if let Err(crossbeam_channel::SendError(c)) = self.tx.send(cmd) {
+                        complete(c, Err(IoError::Aborted));
+                    }
+                    continue;
+                }
+            }
             done(c);
             n += 1;
         }

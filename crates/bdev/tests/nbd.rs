@@ -215,3 +215,90 @@ fn nbd_server_killed_mid_io_fails_in_bound_and_recovers() {
         vec![7u8; 512]
     );
 }
+
+fn nbdkit_unix(dir: &Path, args: &[&str]) -> (Server, PathBuf) {
+    let sock = dir.join("kit.sock");
+    let child = Command::new(tool("nbdkit"))
+        .args(["-f", "-U"])
+        .arg(&sock)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn nbdkit");
+    let srv = Server(child);
+    wait_for(|| sock.exists(), "nbdkit socket");
+    (srv, sock)
+}
+
+#[test]
+fn fua_is_emulated_with_flush_when_server_lacks_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_srv, sock) = nbdkit_unix(
+        dir.path(),
+        // The fua filter's default mode is "none": FUA is not advertised.
+        &["--filter=fua", "memory", "size=4M"],
+    );
+    let (_raw, b) = nbd(NbdAddr::Unix(sock), "", Duration::from_secs(10));
+    let caps = b.info().caps;
+    assert!(!caps.fua && caps.flush, "{caps:?}");
+    let mut ch = b.open_channel().unwrap();
+    common::write_at(ch.as_mut(), 8192, &[0x42; 4096], true).unwrap();
+    assert_eq!(
+        common::read_at(ch.as_mut(), 8192, 4096).unwrap(),
+        vec![0x42; 4096]
+    );
+    assert_eq!(ch.in_flight(), 0);
+    let s = b.stats().unwrap().snapshot();
+    assert_eq!(s.class(sluice_bdev::stats::OpClass::Write).ops, 1);
+}
+
+#[test]
+fn server_side_errors_map_to_media_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_srv, sock) = nbdkit_unix(
+        dir.path(),
+        &[
+            "--filter=error",
+            "memory",
+            "size=4M",
+            "error=EIO",
+            "error-pread-rate=100%",
+        ],
+    );
+    let (raw, b) = nbd(NbdAddr::Unix(sock), "", Duration::from_secs(10));
+    let mut ch = b.open_channel().unwrap();
+    common::write_at(ch.as_mut(), 0, &[1; 512], false).unwrap();
+    assert_eq!(
+        common::read_at(ch.as_mut(), 0, 512).unwrap_err(),
+        IoError::MediaRead
+    );
+    // An error reply does not break the connection.
+    assert!(raw.is_connected());
+    common::write_at(ch.as_mut(), 512, &[2; 512], false).unwrap();
+}
+
+#[test]
+fn hung_server_times_out_within_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_srv, sock) = nbdkit_unix(
+        dir.path(),
+        &["--filter=delay", "memory", "size=4M", "delay-read=30"],
+    );
+    let timeout = Duration::from_millis(800);
+    let (_raw, b) = nbd(NbdAddr::Unix(sock), "", timeout);
+    let mut ch = b.open_channel().unwrap();
+    let start = Instant::now();
+    assert_eq!(
+        common::read_at(ch.as_mut(), 0, 512).unwrap_err(),
+        IoError::Timeout
+    );
+    let took = start.elapsed();
+    assert!(
+        took >= timeout && took <= timeout + Duration::from_millis(500),
+        "{took:?}"
+    );
+    // Writes are not delayed: the bdev reconnects and keeps serving them.
+    common::write_at(ch.as_mut(), 0, &[3; 512], false).unwrap();
+}
