@@ -72,7 +72,7 @@ args=(-nodefaults -no-user-config -display none -monitor none -serial stdio -no-
     -object "memory-backend-memfd,id=mem,size=${mem}M,share=on"
     -machine "q35,accel=$accel,memory-backend=mem" -cpu "$cpu" -m "${mem}M" -smp "$smp"
     -kernel "$GUEST_DIR/vmlinuz" -initrd "$GUEST_DIR/initramfs.cpio"
-    -append "console=ttyS0 panic=-1 loglevel=4 mitigations=off$append")
+    -append "console=ttyS0 panic=-1 loglevel=4 mitigations=off no_timer_check$append")
 if [ -n "$share" ]; then
     args+=(-fsdev "local,id=fs0,path=$share,security_model=none"
         -device "virtio-9p-pci,fsdev=fs0,mount_tag=sluice")

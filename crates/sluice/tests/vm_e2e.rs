@@ -44,6 +44,8 @@ const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 const SERVE_RPC_SOCKET_OPT: &str = "-r";
 /// Option of `sluice rpc` naming the JSON-RPC socket (as SPDK's `rpc.py -s`).
 const RPC_SOCKET_OPT: &str = "-s";
+/// `sluice serve --log-level`: info, plus the endpoint's connect/disconnect lines.
+const DAEMON_LOG_FILTER: &str = "info,vfu_server=debug";
 /// Model number given to every subsystem (`nvmf_create_subsystem -d`).
 const MODEL: &str = "Sluice VM Test Ctrl";
 /// Hard limit for one guest run (boot + script); QEMU's own `timeout` is a bit longer.
@@ -213,6 +215,9 @@ impl Daemon {
             .arg("--empty")
             .arg(SERVE_RPC_SOCKET_OPT)
             .arg(&rpc_sock)
+            // vfu-server logs client connect/disconnect at debug.
+            .arg("--log-level")
+            .arg(DAEMON_LOG_FILTER)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(out)
