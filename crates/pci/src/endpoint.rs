@@ -88,6 +88,21 @@ pub trait PciFunction: Send + 'static {
     fn msix_changed(&mut self, enabled: bool, function_masked: bool) {
         let _ = (enabled, function_masked);
     }
+
+    /// Level of the function's INTx condition (NVMe: some completion queue holds entries
+    /// the host has not consumed). Asked on the endpoint thread when the client acknowledges
+    /// an INTx (SET_IRQS UNMASK; QEMU sends it after the guest's next BAR access) and when
+    /// INTx becomes deliverable again (INTx-disable cleared, MSI-X disabled).
+    ///
+    /// `Some(level)`: an interrupt is (re)delivered iff `level`. `None` (default): the
+    /// endpoint delivers the pulse [`InterruptSink::fire`] latched since the last delivery,
+    /// which can be spurious when the guest already consumed that work. Under QEMU without
+    /// KVM a spurious INTx keeps the guest's line asserted until its next BAR access (an
+    /// interrupt storm, "irq nobody cared"), so a device used with INTx under load should
+    /// answer here.
+    fn intx_level(&mut self) -> Option<bool> {
+        None
+    }
 }
 
 /// Delivery through the server's per-client irq table.
@@ -214,17 +229,37 @@ impl<F: PciFunction> PciEndpoint<F> {
             tracing::debug!("function level reset");
             return self.do_reset(ResetKind::Flr);
         }
-        if let Some((_, cmd)) = fx.command {
-            self.irq.set_intx_disabled(cmd & CMD_INTX_DISABLE != 0);
+        if let Some((old, cmd)) = fx.command {
+            let disabled = cmd & CMD_INTX_DISABLE != 0;
+            if !disabled && old & CMD_INTX_DISABLE != 0 {
+                self.intx_reconcile();
+            }
+            self.irq.set_intx_disabled(disabled);
             self.function.command_changed(cmd);
         }
-        if let Some((_, ctl)) = fx.msix_control {
+        if let Some((old, ctl)) = fx.msix_control {
             let enabled = ctl & MSIX_CTL_ENABLE != 0;
             let masked = ctl & MSIX_CTL_MASKALL != 0;
+            if !enabled && old & MSIX_CTL_ENABLE != 0 {
+                self.intx_reconcile();
+            }
             self.irq.set_msix_control(enabled, masked);
             self.function.msix_changed(enabled, masked);
         }
         Ok(())
+    }
+
+    /// Before INTx becomes deliverable again: replace the latched pulse by the function's
+    /// level when it reports one. The pulse is taken *before* asking, so a `fire` racing
+    /// with the question latches anew and is not lost.
+    fn intx_reconcile(&mut self) {
+        if !self.irq.has_intx() {
+            return;
+        }
+        let held = self.irq.take_intx_pending();
+        if self.function.intx_level().unwrap_or(held) {
+            self.irq.latch_intx();
+        }
     }
 
     fn config_read(&self, offset: u64, data: &mut [u8]) -> Result<(), Errno> {
@@ -329,6 +364,7 @@ impl<F: PciFunction> PciEndpoint<F> {
                 self.irq.set_intx_masked(true);
             }
             (IRQ_INTX, IrqAction::Unmask) if per_vector(0) && req.count > 0 => {
+                self.intx_reconcile();
                 self.irq.set_intx_masked(false);
             }
             (IRQ_INTX, IrqAction::Trigger) => {
@@ -520,6 +556,8 @@ mod tests {
         commands: Vec<u16>,
         msix: Vec<(bool, bool)>,
         rom_reads: usize,
+        level: Option<bool>,
+        level_asked: usize,
     }
 
     impl PciFunction for Recorder {
@@ -549,6 +587,10 @@ mod tests {
         }
         fn msix_changed(&mut self, enabled: bool, function_masked: bool) {
             self.msix.push((enabled, function_masked));
+        }
+        fn intx_level(&mut self) -> Option<bool> {
+            self.level_asked += 1;
+            self.level
         }
     }
 
@@ -814,6 +856,41 @@ mod tests {
         assert_eq!(count(&fd), 0);
         cfg_w16(&mut ep, 4, 0);
         assert_eq!(count(&fd), 1);
+    }
+
+    #[test]
+    fn intx_level_decides_redelivery_on_unmask() {
+        let (mut ep, fds) = endpoint();
+        let fd = fds.install(IRQ_INTX, 0);
+        let sink = ep.interrupt_sink();
+        let unmask = IrqSetEvent {
+            index: IRQ_INTX,
+            start: 0,
+            count: 1,
+            action: IrqAction::Unmask,
+            data: IrqSetData::None,
+        };
+        // The guest consumed the work of the held pulse: level low, nothing redelivered.
+        ep.function_mut().level = Some(false);
+        assert_eq!(sink.fire(0), FireOutcome::Delivered);
+        assert_eq!(sink.fire(0), FireOutcome::Pending);
+        ep.set_irqs(&unmask).unwrap();
+        assert_eq!(ep.function().level_asked, 1);
+        assert_eq!(count(&fd), 1, "no spurious second interrupt");
+        assert_eq!(cfg_r16(&mut ep, 6) & STATUS_INTX, 0);
+        // Work still outstanding: redelivered even without a held pulse (level semantics).
+        ep.function_mut().level = Some(true);
+        assert_eq!(sink.fire(0), FireOutcome::Delivered);
+        ep.set_irqs(&unmask).unwrap();
+        assert_eq!(count(&fd), 2);
+        // INTx-disable cleared: asked again.
+        ep.function_mut().level = Some(false);
+        ep.set_irqs(&unmask).unwrap();
+        cfg_w16(&mut ep, 4, CMD_INTX_DISABLE);
+        assert_eq!(sink.fire(0), FireOutcome::Pending);
+        cfg_w16(&mut ep, 4, 0);
+        assert_eq!(count(&fd), 0);
+        assert_eq!(ep.function().level_asked, 4);
     }
 
     #[test]

@@ -315,6 +315,16 @@ impl IrqShared {
         self.intx_pending.store(false, SeqCst);
     }
 
+    /// Takes the latched INTx pulse (returns whether there was one).
+    pub(crate) fn take_intx_pending(&self) -> bool {
+        self.intx_pending.swap(false, SeqCst)
+    }
+
+    /// Latches an INTx pulse without trying to deliver it.
+    pub(crate) fn latch_intx(&self) {
+        self.intx_pending.store(true, SeqCst);
+    }
+
     /// Client SET_IRQS MASK/UNMASK on INTx.
     pub(crate) fn set_intx_masked(&self, masked: bool) {
         if !masked {
