@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::cmd::nvm;
+use crate::cmd::{nvm, Completion};
 use crate::controller::{Controller, ControllerOptions, DoorbellMode};
 use crate::dma::DmaBuf;
 use crate::error::Error;
@@ -256,6 +256,121 @@ struct Inflight {
     read: bool,
 }
 
+struct Q {
+    bufs: Vec<DmaBuf>,
+    free: Vec<usize>,
+    inflight: Vec<Option<Inflight>>,
+}
+
+struct Worker<'a> {
+    job: &'a Job,
+    hist: Histogram<u64>,
+    io_bytes: u64,
+    span: u64,
+    rng: Rng,
+    seq: u64,
+    ios: u64,
+    errors: u64,
+    miscompares: u64,
+    submitted: u64,
+    pending_ios: u64,
+    pending_lat: u64,
+    done: Vec<Completion>,
+}
+
+impl Worker<'_> {
+    fn may_submit(&self, q: &Q, stopping: bool) -> bool {
+        !stopping && !q.free.is_empty() && self.job.limit.is_none_or(|l| self.submitted < l)
+    }
+
+    /// Reaps completions and refills one queue pair. Never inlined, so that callgrind can
+    /// count exactly the per-I/O work (`--toggle-collect=*work_pass*`), without the idle
+    /// phase-bit peeks of the busy-poll loop.
+    #[inline(never)]
+    fn work_pass(&mut self, qp: &mut QueuePair, q: &mut Q, stopping: bool) -> Result<(), Error> {
+        let job = self.job;
+        self.done.clear();
+        let done = &mut self.done;
+        qp.poll(256, |c| done.push(c))?;
+        // One clock read per pass: completions were observed before it, the submissions
+        // below happen right after it.
+        let now = Instant::now();
+        for c in &self.done {
+            let Some(inf) = q
+                .inflight
+                .get_mut(usize::from(c.cid))
+                .and_then(Option::take)
+            else {
+                tracing::debug!(cid = c.cid, "completion for unknown cid");
+                continue;
+            };
+            let ns = u64::try_from(now.duration_since(inf.start).as_nanos()).unwrap_or(u64::MAX);
+            let _ = self.hist.record(ns.max(1));
+            if c.status.is_success() {
+                self.ios += 1;
+                self.pending_ios += 1;
+                self.pending_lat += ns;
+                if inf.read && job.verify {
+                    if let Some(buf) = q.bufs.get(inf.buf) {
+                        self.miscompares += check(buf, inf.lba, job.nblocks, job.block)?;
+                    }
+                }
+            } else {
+                self.errors += 1;
+                tracing::debug!(status = %c.status, lba = inf.lba, "I/O failed");
+            }
+            q.free.push(inf.buf);
+        }
+        let mut pushed = false;
+        while self.may_submit(q, stopping) && qp.has_room() {
+            let Some(&bi) = q.free.last() else { break };
+            let lba = if job.random {
+                (self.rng.next() % self.span) * job.nblocks
+            } else {
+                let l = self.seq;
+                self.seq += job.nblocks;
+                if self.seq + job.nblocks > job.ns_blocks {
+                    self.seq = 0;
+                }
+                l
+            };
+            let read = match job.read_pct {
+                100 => true,
+                0 => false,
+                p => (self.rng.next() % 100) < u64::from(p),
+            };
+            let buf = q.bufs.get(bi).ok_or(Error::InvalidArgument("buffer"))?;
+            if !read && job.verify {
+                stamp(buf, lba, job.nblocks, job.block)?;
+            }
+            let op = if read { nvm::READ } else { nvm::WRITE };
+            let cmd = rw_command(op, job.nsid, lba, job.nblocks as u32, false)?;
+            let cid = qp.push(
+                cmd,
+                DataPtr::Prp {
+                    iova: buf.iova(),
+                    len: self.io_bytes,
+                },
+            )?;
+            q.free.pop();
+            if let Some(slot) = q.inflight.get_mut(usize::from(cid)) {
+                *slot = Some(Inflight {
+                    buf: bi,
+                    start: now,
+                    lba,
+                    read,
+                });
+            }
+            self.submitted += 1;
+            pushed = true;
+        }
+        if pushed {
+            qp.ring_sq()?;
+        }
+        Ok(())
+    }
+}
+
 fn worker(
     core: usize,
     mut qps: Vec<QueuePair>,
@@ -264,20 +379,27 @@ fn worker(
     seed: u64,
 ) -> Result<(Vec<QueuePair>, WorkerReport), Error> {
     let _ = pin_to(core);
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
-        .map_err(|_| Error::InvalidArgument("histogram"))?;
     let io_bytes = job.block * job.nblocks;
     let span = job.ns_blocks / job.nblocks;
     if span == 0 {
         return Err(Error::InvalidArgument("I/O size larger than the namespace"));
     }
-    let mut rng = Rng(seed | 1);
-    let mut seq = (seed % span) * job.nblocks;
-    struct Q {
-        bufs: Vec<DmaBuf>,
-        free: Vec<usize>,
-        inflight: Vec<Option<Inflight>>,
-    }
+    let mut w = Worker {
+        job,
+        hist: Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
+            .map_err(|_| Error::InvalidArgument("histogram"))?,
+        io_bytes,
+        span,
+        rng: Rng(seed | 1),
+        seq: (seed % span) * job.nblocks,
+        ios: 0,
+        errors: 0,
+        miscompares: 0,
+        submitted: 0,
+        pending_ios: 0,
+        pending_lat: 0,
+        done: Vec::with_capacity(256),
+    };
     let mut qs = Vec::new();
     for qp in &qps {
         let bufs = (0..job.qd)
@@ -289,121 +411,31 @@ fn worker(
             inflight: vec![None; usize::from(qp.depth())],
         });
     }
-    let (mut ios, mut errors, mut miscompares, mut submitted) = (0u64, 0u64, 0u64, 0u64);
-    let (mut pending_ios, mut pending_lat) = (0u64, 0u64);
-    let mut done = Vec::with_capacity(256);
-    let started = Instant::now();
     loop {
         let stopping = live.stop.load(Ordering::Relaxed);
         let mut outstanding = 0;
         for (qp, q) in qps.iter_mut().zip(qs.iter_mut()) {
-            done.clear();
-            qp.poll(256, |c| done.push(c))?;
-            if done.is_empty() && (q.free.is_empty() || stopping) {
-                // Idle spin: nothing completed and nothing to submit.
-                outstanding += qp.outstanding();
-                continue;
-            }
-            // One clock read per pass: completions were observed before it, the
-            // submissions below happen right after it.
-            let now = Instant::now();
-            for c in &done {
-                let Some(inf) = q
-                    .inflight
-                    .get_mut(usize::from(c.cid))
-                    .and_then(Option::take)
-                else {
-                    tracing::debug!(cid = c.cid, "completion for unknown cid");
-                    continue;
-                };
-                let ns =
-                    u64::try_from(now.duration_since(inf.start).as_nanos()).unwrap_or(u64::MAX);
-                let _ = hist.record(ns.max(1));
-                if c.status.is_success() {
-                    ios += 1;
-                    pending_ios += 1;
-                    pending_lat += ns;
-                    if inf.read && job.verify {
-                        if let Some(buf) = q.bufs.get(inf.buf) {
-                            miscompares += check(buf, inf.lba, job.nblocks, job.block)?;
-                        }
-                    }
-                } else {
-                    errors += 1;
-                    tracing::debug!(status = %c.status, lba = inf.lba, "I/O failed");
-                }
-                q.free.push(inf.buf);
-            }
-            let mut pushed = false;
-            while !stopping && job.limit.is_none_or(|l| submitted < l) {
-                let Some(&bi) = q.free.last() else { break };
-                if !qp.has_room() {
-                    break;
-                }
-                let lba = if job.random {
-                    (rng.next() % span) * job.nblocks
-                } else {
-                    let l = seq;
-                    seq += job.nblocks;
-                    if seq + job.nblocks > job.ns_blocks {
-                        seq = 0;
-                    }
-                    l
-                };
-                let read = match job.read_pct {
-                    100 => true,
-                    0 => false,
-                    p => (rng.next() % 100) < u64::from(p),
-                };
-                let buf = q.bufs.get(bi).ok_or(Error::InvalidArgument("buffer"))?;
-                if !read && job.verify {
-                    stamp(buf, lba, job.nblocks, job.block)?;
-                }
-                let op = if read { nvm::READ } else { nvm::WRITE };
-                let cmd = rw_command(op, job.nsid, lba, job.nblocks as u32, false)?;
-                let cid = qp.push(
-                    cmd,
-                    DataPtr::Prp {
-                        iova: buf.iova(),
-                        len: io_bytes,
-                    },
-                )?;
-                q.free.pop();
-                if let Some(slot) = q.inflight.get_mut(usize::from(cid)) {
-                    *slot = Some(Inflight {
-                        buf: bi,
-                        start: now,
-                        lba,
-                        read,
-                    });
-                }
-                submitted += 1;
-                pushed = true;
-            }
-            if pushed {
-                qp.ring_sq()?;
+            if qp.completion_ready() || w.may_submit(q, stopping) {
+                w.work_pass(qp, q, stopping)?;
             }
             outstanding += qp.outstanding();
         }
-        if pending_ios >= 64 {
-            live.ios.fetch_add(pending_ios, Ordering::Relaxed);
-            live.lat_ns.fetch_add(pending_lat, Ordering::Relaxed);
-            pending_ios = 0;
-            pending_lat = 0;
+        if w.pending_ios >= 64 {
+            live.ios.fetch_add(w.pending_ios, Ordering::Relaxed);
+            live.lat_ns.fetch_add(w.pending_lat, Ordering::Relaxed);
+            w.pending_ios = 0;
+            w.pending_lat = 0;
         }
-        let limit_done = job.limit.is_some_and(|l| submitted >= l);
+        let limit_done = job.limit.is_some_and(|l| w.submitted >= l);
         if (stopping || limit_done) && outstanding == 0 {
             break;
         }
-        if stopping && started.elapsed() > Duration::from_secs(3600) {
-            break;
-        }
     }
-    live.ios.fetch_add(pending_ios, Ordering::Relaxed);
-    live.lat_ns.fetch_add(pending_lat, Ordering::Relaxed);
-    let mut r = summarize(core, ios, io_bytes, 1.0, Some(hist));
-    r.errors = errors;
-    r.miscompares = miscompares;
+    live.ios.fetch_add(w.pending_ios, Ordering::Relaxed);
+    live.lat_ns.fetch_add(w.pending_lat, Ordering::Relaxed);
+    let mut r = summarize(core, w.ios, io_bytes, 1.0, Some(w.hist));
+    r.errors = w.errors;
+    r.miscompares = w.miscompares;
     Ok((qps, r))
 }
 

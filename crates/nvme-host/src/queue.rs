@@ -489,6 +489,18 @@ impl QueuePair {
         Ok(Some(c))
     }
 
+    /// Whether a completion is waiting (a peek at the phase bit of the CQ head).
+    pub fn completion_ready(&self) -> bool {
+        if !self.pending.is_empty() {
+            return true;
+        }
+        let at = usize::from(self.cq_head) * 16 + 12;
+        self.cq_map
+            .as_volatile_slice()
+            .load::<u32>(at, Ordering::Acquire)
+            .is_ok_and(|dw3| ((dw3 >> 16) & 1 != 0) == self.phase)
+    }
+
     /// Waits for the completion of `cid`; other completions stay queued for [`Self::poll`].
     pub fn wait(&mut self, cid: u16, timeout: Duration) -> Result<Completion, Error> {
         if let Some(pos) = self.pending.iter().position(|c| c.cid == cid) {
