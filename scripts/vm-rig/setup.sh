@@ -32,6 +32,16 @@ case "${1:-}" in
 esac
 
 mkdir -p "$DONE_DIR" "$GUEST_DIR"
+# retry N CMD...: the mirror can fail transiently; a few attempts with a pause.
+retry() {
+    local n=$1 i
+    shift
+    for i in $(seq 1 "$n"); do
+        "$@" && return 0
+        [ "$i" -lt "$n" ] && { rig_log "attempt $i of $n failed: $*; retrying in 10 s"; sleep 10; }
+    done
+    return 1
+}
 done_mark() { date -u +%FT%TZ >"$DONE_DIR/$1"; }
 is_done() { [ -f "$DONE_DIR/$1" ]; }
 
@@ -55,8 +65,8 @@ if ! is_done host-tools; then
     for p in debootstrap util-linux coreutils; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
     if [ "${#need[@]}" -gt 0 ]; then
         rig_log "installing host packages: ${need[*]}"
-        apt-get update -qq
-        apt-get install -y -qq --no-install-recommends "${need[@]}"
+        retry 3 apt-get update -qq
+        retry 3 apt-get install -y -qq --no-install-recommends "${need[@]}"
     fi
     done_mark host-tools
 fi
@@ -66,8 +76,11 @@ MIRROR=$(host_mirror)
 # 2. trixie chroot
 if ! is_done debootstrap; then
     rig_log "debootstrap trixie into $CHROOT from $MIRROR (about a minute)"
-    safe_remove "$CHROOT"
-    debootstrap --variant=minbase trixie "$CHROOT" "$MIRROR" >"$RIG_DIR/debootstrap.log" 2>&1 ||
+    bootstrap() {
+        safe_remove "$CHROOT"
+        debootstrap --variant=minbase trixie "$CHROOT" "$MIRROR" >"$RIG_DIR/debootstrap.log" 2>&1
+    }
+    retry 2 bootstrap ||
         { tail -n 30 "$RIG_DIR/debootstrap.log" >&2; rig_die "debootstrap failed (log: $RIG_DIR/debootstrap.log)"; }
     done_mark debootstrap
 fi
@@ -83,11 +96,11 @@ EOF
     # No daemons may start inside the chroot.
     printf '#!/bin/sh\nexit 101\n' >"$CHROOT/usr/sbin/policy-rc.d"
     chmod 0755 "$CHROOT/usr/sbin/policy-rc.d"
-    rig_chroot /usr/bin/env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    rig_chroot /usr/bin/env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    retry 3 rig_chroot /usr/bin/env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    retry 3 rig_chroot /usr/bin/env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         -t trixie-backports qemu-system-x86 >"$RIG_DIR/apt-qemu.log" 2>&1 ||
         { tail -n 30 "$RIG_DIR/apt-qemu.log" >&2; rig_die "installing qemu-system-x86 in the chroot failed"; }
-    rig_chroot /usr/bin/env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    retry 3 rig_chroot /usr/bin/env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         busybox-static fio nvme-cli e2fsprogs kmod xz-utils zstd cpio >"$RIG_DIR/apt-tools.log" 2>&1 ||
         { tail -n 30 "$RIG_DIR/apt-tools.log" >&2; rig_die "installing guest tools in the chroot failed"; }
     rig_chroot /usr/bin/qemu-system-x86_64 -device help 2>/dev/null | grep -q '"vfio-user-pci"' ||
@@ -103,7 +116,7 @@ if ! is_done guest || [ "$(cat "$DONE_DIR/guest-recipe" 2>/dev/null)" != "$GUEST
     safe_remove "$work"
     mkdir -p "$work"
     cp "$HERE/build-guest.sh" "$HERE/init" "$work/"
-    rig_chroot /bin/bash /opt/sluice-rig/build-guest.sh /opt/sluice-rig >"$RIG_DIR/build-guest.log" 2>&1 ||
+    retry 2 rig_chroot /bin/bash /opt/sluice-rig/build-guest.sh /opt/sluice-rig >"$RIG_DIR/build-guest.log" 2>&1 ||
         { tail -n 40 "$RIG_DIR/build-guest.log" >&2; rig_die "guest build failed (log: $RIG_DIR/build-guest.log)"; }
     install -m 0644 "$work/out/vmlinuz" "$GUEST_DIR/vmlinuz.new"
     install -m 0644 "$work/out/initramfs.cpio" "$GUEST_DIR/initramfs.cpio.new"
