@@ -61,7 +61,7 @@ pub struct ControllerConfig {
     pub cntlid: u16,
     /// I/O queue pairs offered (1..=511).
     pub max_io_queues: u16,
-    /// Maximum entries per queue (2..=65536; CAP.MQES = value - 1).
+    /// Maximum entries per queue (2..=32768; CAP.MQES = value - 1).
     pub max_queue_depth: u32,
     /// MDTS as a power of two of 4 KiB pages (5 = 128 KiB).
     pub mdts: u8,
@@ -100,7 +100,8 @@ impl ControllerConfig {
     /// Clamp fields into their legal ranges.
     pub fn normalized(mut self) -> Self {
         self.max_io_queues = self.max_io_queues.clamp(1, MAX_IO_QUEUES);
-        self.max_queue_depth = self.max_queue_depth.clamp(2, 65536);
+        // Queue sizes are kept in u16: at most 32768 entries.
+        self.max_queue_depth = self.max_queue_depth.clamp(2, 32768);
         self.mdts = self.mdts.clamp(1, 10);
         self.max_namespaces = self.max_namespaces.clamp(1, 1024);
         self

@@ -1024,6 +1024,24 @@ fn shadow_doorbells_in_trapped_mode() {
 }
 
 #[test]
+fn queue_depth_is_clamped_and_huge_queues_are_refused() {
+    let cfg = ControllerConfig {
+        max_queue_depth: 1 << 20,
+        ..Default::default()
+    };
+    let (mut c, mut h) = setup(cfg);
+    let mut b = [0u8; 8];
+    c.bar0_read(reg::CAP, &mut b).unwrap();
+    assert_eq!(u64::from_le_bytes(b) & 0xffff, 32767);
+    // 65536 entries: refused, no arithmetic on a zero-sized queue.
+    let mut s = with_prps(sqe(admin::CREATE_CQ, 0), 0x10_0000, 0);
+    s.dw[10] = 1 | 0xffff << 16;
+    s.dw[11] = 3;
+    assert_eq!(st(h.admin(&mut c, s)), Status::INVALID_QUEUE_SIZE);
+    assert!(h.create_pair(&mut c, 1, 4096));
+}
+
+#[test]
 fn max_queue_pairs_all_usable() {
     let cfg = ControllerConfig {
         max_io_queues: 511,
