@@ -87,6 +87,8 @@ pub(crate) struct FileShared {
     pub(crate) buffered: OwnedFd,
     /// Memory alignment for `O_DIRECT` buffers.
     pub(crate) mem_align: usize,
+    /// File offset / length alignment for `O_DIRECT` (`stx_dio_offset_align`).
+    pub(crate) offset_align: usize,
     /// Lazily started thread pool (fallback engine).
     pool: OnceLock<pool::Pool>,
 }
@@ -94,9 +96,14 @@ pub(crate) struct FileShared {
 impl FileShared {
     /// Whether a data request may use the direct descriptor.
     pub(crate) fn use_direct(&self, io: &IoRequest) -> bool {
+        let oa = self.offset_align.max(1);
         self.direct.is_some()
-            && io.iov.is_aligned(self.mem_align)
-            && io.offset % self.mem_align as u64 == 0
+            && io.offset % oa as u64 == 0
+            && io.len % oa as u64 == 0
+            && io
+                .iov
+                .iter()
+                .all(|v| (v.base() as usize) % self.mem_align.max(1) == 0 && v.len() % oa == 0)
     }
 
     pub(crate) fn pool(&self) -> &pool::Pool {
@@ -166,15 +173,19 @@ impl FileBdev {
         } else {
             512
         };
-        let mem_align = rustix::fs::statx(
+        let dio = rustix::fs::statx(
             &buffered,
             "",
             rustix::fs::AtFlags::EMPTY_PATH,
             rustix::fs::StatxFlags::DIOALIGN,
         )
         .ok()
-        .filter(|s| s.stx_dio_mem_align.is_power_of_two())
-        .map_or(512, |s| s.stx_dio_mem_align as usize);
+        .filter(|s| {
+            s.stx_dio_mem_align.is_power_of_two() && s.stx_dio_offset_align.is_power_of_two()
+        });
+        // Without STATX_DIOALIGN (old kernels): conservative 4 KiB.
+        let mem_align = dio.map_or(4096, |s| s.stx_dio_mem_align as usize);
+        let offset_align = dio.map_or(4096, |s| s.stx_dio_offset_align as usize);
         let block_size = opts.block_size.unwrap_or(dev_block);
         if block_size < 512 || !block_size.is_power_of_two() || block_size > 65536 {
             return Err(BdevError::InvalidParam(format!(
@@ -243,6 +254,7 @@ impl FileBdev {
                 direct,
                 buffered,
                 mem_align,
+                offset_align,
                 pool: OnceLock::new(),
             }),
             engine,

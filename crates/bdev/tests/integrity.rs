@@ -26,6 +26,8 @@ fn file_bdev(
     o.engine = engine;
     o.direct = direct;
     let b = FileBdev::open(&o).unwrap();
+    // The temp dir is on a file system with O_DIRECT (ext4/xfs/tmpfs >= 6.6).
+    assert_eq!(b.is_direct(), direct, "O_DIRECT availability");
     assert_eq!(
         b.engine(),
         if engine == FileEngine::ThreadPool {

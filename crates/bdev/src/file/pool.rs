@@ -57,14 +57,20 @@ fn errno_of(e: rustix::io::Errno) -> i32 {
 /// Run one validated request synchronously.
 pub(crate) fn execute(sh: &FileShared, io: &IoRequest) -> Result<(), IoError> {
     let fd = fd_for(sh, io);
-    match io.op {
-        IoOp::Read => {
-            sys::rw_iovecs(fd, &io.iov, io.offset, false, 0).map_err(|e| errno_to_error(e, io.op))
+    let rw = |write: bool, flags: i32| {
+        let r = sys::rw_iovecs(fd, &io.iov, io.offset, write, flags);
+        if r == Err(libc::EINVAL) && sh.direct.is_some() && sh.use_direct(io) {
+            // O_DIRECT refused it (alignment rules stricter than advertised): buffered.
+            tracing::debug!(op = ?io.op, "O_DIRECT refused the request, retrying buffered");
+            return sys::rw_iovecs(sh.buffered.as_fd(), &io.iov, io.offset, write, flags);
         }
+        r
+    };
+    match io.op {
+        IoOp::Read => rw(false, 0).map_err(|e| errno_to_error(e, io.op)),
         IoOp::Write { fua } => {
             let flags = if fua { libc::RWF_DSYNC } else { 0 };
-            sys::rw_iovecs(fd, &io.iov, io.offset, true, flags)
-                .map_err(|e| errno_to_error(e, io.op))
+            rw(true, flags).map_err(|e| errno_to_error(e, io.op))
         }
         IoOp::Flush => rustix::fs::fdatasync(sh.buffered.as_fd())
             .map_err(|e| errno_to_error(errno_of(e), io.op)),

@@ -32,6 +32,8 @@ enum Stage {
     Main,
     /// Write zeroes retried as punch hole after `EOPNOTSUPP`.
     PunchRetry,
+    /// Data op retried on the buffered descriptor after `O_DIRECT` refused it (`EINVAL`).
+    BufferedRetry,
 }
 
 struct Slot {
@@ -85,7 +87,10 @@ impl UringChannel {
         let sh = &self.shared;
         let slot = self.slots.get_mut(idx)?.as_mut()?;
         let io = &slot.io;
-        let direct = io.op.has_data() && io.op != IoOp::Compare && sh.use_direct(io);
+        let direct = slot.stage == Stage::Main
+            && io.op.has_data()
+            && io.op != IoOp::Compare
+            && sh.use_direct(io);
         let fd = types::Fixed(if direct { FD_DIRECT } else { FD_BUFFERED });
         let iov = io.iov.as_slice();
         let e = match (io.op, slot.stage) {
@@ -173,6 +178,18 @@ impl UringChannel {
         let op = slot.io.op;
         if res < 0 {
             let errno = -res;
+            if errno == libc::EINVAL
+                && slot.stage == Stage::Main
+                && matches!(op, IoOp::Read | IoOp::Write { .. })
+                && self.shared.use_direct(&slot.io)
+            {
+                tracing::debug!(op = ?op, "O_DIRECT refused the request, retrying buffered");
+                if let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) {
+                    s.stage = Stage::BufferedRetry;
+                }
+                self.push(idx);
+                return;
+            }
             if op == IoOp::WriteZeroes && errno == libc::EOPNOTSUPP && slot.stage == Stage::Main {
                 if let Some(s) = self.slots.get_mut(idx).and_then(Option::as_mut) {
                     s.stage = Stage::PunchRetry;
