@@ -118,3 +118,13 @@ fn wait_returns_once_a_completion_is_ready() {
         assert_eq!(ch.in_flight(), 0);
     }
 }
+
+#[test]
+fn concurrent_channels_malloc_and_file() {
+    let m = Layered::wrap(Arc::new(MallocBdev::new("mc", 512, 8192, None).unwrap()));
+    common::concurrent_channels(m, 4, 1 << 20);
+    let (_f, b) = file_bdev(FileEngine::Uring, true, 8 << 20);
+    common::concurrent_channels(b, 4, 1 << 20);
+    let (_f, b) = file_bdev(FileEngine::ThreadPool, true, 8 << 20);
+    common::concurrent_channels(b, 4, 1 << 20);
+}

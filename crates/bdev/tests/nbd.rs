@@ -302,3 +302,11 @@ fn hung_server_times_out_within_bound() {
     // Writes are not delayed: the bdev reconnects and keeps serving them.
     common::write_at(ch.as_mut(), 0, &[3; 512], false).unwrap();
 }
+
+#[test]
+fn nbd_concurrent_channels_share_one_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_srv, sock) = nbdkit_unix(dir.path(), &["memory", "size=8M"]);
+    let (_raw, b) = nbd(NbdAddr::Unix(sock), "", Duration::from_secs(10));
+    common::concurrent_channels(b, 4, 1 << 20);
+}
