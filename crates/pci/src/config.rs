@@ -41,15 +41,15 @@ pub enum ConfigError {
         /// Rejected size.
         size: u64,
     },
-    /// Vendor id 0xffff means "no device" to every OS.
-    #[error("vendor id 0xffff is reserved (no device)")]
-    VendorId,
     /// The MSI-X vector count is 0 or above 2048.
     #[error("MSI-X vector count {0} is invalid")]
     MsixVectors(u16),
     /// The expansion ROM size is not a power of two, below 2 KiB or above 2 GiB.
     #[error("ROM size {0:#x} is invalid")]
     RomSize(u64),
+    /// Vendor id 0xffff means "no device" to every OS.
+    #[error("vendor id 0xffff is reserved (no device)")]
+    VendorId,
 }
 
 /// One memory BAR provided by the [`PciFunction`](crate::PciFunction).
