@@ -328,17 +328,19 @@ impl DataPlane for NvmePlane {
             .enumerate()
             .map(|(i, p)| {
                 let mut admin = 0u64;
-                let mut io = 0u64;
-                let mut completed = 0u64;
-                let mut cq_full = 0u64;
-                let mut intr = 0u64;
+                let mut t = sluice_nvme::ControllerStats::default();
                 for l in live.iter().filter(|l| l.poller == i) {
                     admin += 1;
                     if let Ok(s) = l.handle.stats() {
-                        io += s.io_commands;
-                        completed += s.completions;
-                        cq_full += s.cq_full;
-                        intr += s.interrupts;
+                        t.admin_commands += s.admin_commands;
+                        t.io_commands += s.io_commands;
+                        t.completions += s.completions;
+                        t.interrupts += s.interrupts;
+                        t.cq_full += s.cq_full;
+                        t.shadow_doorbell_reads += s.shadow_doorbell_reads;
+                        t.invalid_doorbell_writes += s.invalid_doorbell_writes;
+                        t.errors += s.errors;
+                        t.backend_busy += s.backend_busy;
                     }
                 }
                 json!({
@@ -350,9 +352,19 @@ impl DataPlane for NvmePlane {
                     "current_io_qpairs": 0,
                     "current_unassociated_qpairs": 0,
                     "pending_bdev_io": 0,
-                    "completed_nvme_io": io,
-                    "transports": [{"trtype": "VFIOUSER", "cq_full": cq_full, "intr": intr,
-                                    "completions": completed}]
+                    "completed_nvme_io": t.io_commands,
+                    "transports": [{
+                        "trtype": "VFIOUSER",
+                        "admin_commands": t.admin_commands,
+                        "io_commands": t.io_commands,
+                        "completions": t.completions,
+                        "intr": t.interrupts,
+                        "cq_full": t.cq_full,
+                        "shadow_doorbell_reads": t.shadow_doorbell_reads,
+                        "invalid_doorbell_writes": t.invalid_doorbell_writes,
+                        "errors": t.errors,
+                        "backend_busy": t.backend_busy
+                    }]
                 })
             })
             .collect();

@@ -83,6 +83,12 @@ fn controller_works_after_save_config_restart() {
         qp.flush(1).unwrap();
         let ctrls = d.rpc_json(&["nvmf_subsystem_get_controllers", NQN]);
         assert_eq!(ctrls[0]["cntlid"], 1, "{ctrls}");
+        let stats = d.rpc_json(&["nvmf_get_stats"]);
+        let g = &stats["poll_groups"][0];
+        assert_eq!(g["current_admin_qpairs"], 1, "{stats}");
+        assert!(g["completed_nvme_io"].as_u64().unwrap() >= 2, "{stats}");
+        let iostat = d.rpc_json(&["bdev_get_iostat", "-b", "Aio0"]);
+        assert_eq!(iostat["bdevs"][0]["num_write_ops"], 1, "{iostat}");
     }
     let cfg = d.path("config.json");
     std::fs::write(&cfg, d.rpc_ok(&["save_config"])).unwrap();
