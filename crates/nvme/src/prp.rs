@@ -100,7 +100,10 @@ pub fn walk_prp(
             (in_page - 1, true)
         };
         if chained && data_entries == 0 {
-            // A list that holds only a pointer to the next list makes no progress.
+            // A list that holds only a pointer to the next list makes no progress. (The
+            // entry is still read first so an unmapped list reports a transfer error.)
+            let mut e = [0u64; 1];
+            read_u64s(mem, list, &mut e)?;
             return Err(Status::PRP_OFFSET_INVALID);
         }
         let mut done = 0u64;
@@ -542,6 +545,20 @@ mod tests {
             vec![0x1000, 0x20000, 0x21000, 0x22000]
         );
         assert_eq!(reference_prp(&m, 0x1000, 0x8ff0, 0x4000).unwrap(), v);
+    }
+
+    #[test]
+    fn unmapped_pointer_only_list_reports_transfer_error() {
+        // Found by the nvme_prp_sgl fuzz target: same error as the reference walker.
+        let m = mem();
+        assert_eq!(
+            walk(&m, 0x1000, 0x18_0ff8, 0x3000),
+            Err(Status::DATA_TRANSFER_ERROR)
+        );
+        assert_eq!(
+            reference_prp(&m, 0x1000, 0x18_0ff8, 0x3000),
+            Err(Status::DATA_TRANSFER_ERROR)
+        );
     }
 
     #[test]
