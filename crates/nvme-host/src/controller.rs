@@ -587,7 +587,7 @@ impl Controller {
         let fd = self
             .msix
             .get(usize::from(vector))
-            .ok_or(Error::InvalidArgument("MSI-X vector not set up"))?;
+            .ok_or_else(|| Error::InvalidArgument("MSI-X vector not set up"))?;
         let mut pfd = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
         let ts = rustix::event::Timespec {
             tv_sec: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),

@@ -339,7 +339,10 @@ impl Worker<'_> {
                 0 => false,
                 p => (self.rng.next() % 100) < u64::from(p),
             };
-            let buf = q.bufs.get(bi).ok_or(Error::InvalidArgument("buffer"))?;
+            let buf = q
+                .bufs
+                .get(bi)
+                .ok_or_else(|| Error::InvalidArgument("buffer"))?;
             if !read && job.verify {
                 stamp(buf, lba, job.nblocks, job.block)?;
             }

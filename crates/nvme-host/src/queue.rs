@@ -81,7 +81,7 @@ impl Doorbells {
                 let rel = off
                     .checked_sub(*start)
                     .and_then(|r| usize::try_from(r).ok())
-                    .ok_or(Error::InvalidArgument("doorbell outside the mapped area"))?;
+                    .ok_or_else(|| Error::InvalidArgument("doorbell outside the mapped area"))?;
                 map.as_volatile_slice()
                     .store(value, rel, Ordering::Release)
                     .map_err(|_| Error::InvalidArgument("doorbell outside the mapped area"))
@@ -299,13 +299,13 @@ impl QueuePair {
         let slot = self
             .list_pages
             .get_mut(usize::from(cid))
-            .ok_or(Error::InvalidArgument("command id"))?;
+            .ok_or_else(|| Error::InvalidArgument("command id"))?;
         if slot.is_none() {
             *slot = Some(self.arena.alloc(PAGE_SIZE)?);
         }
         slot.as_ref()
             .map(|b| b.iova())
-            .ok_or(Error::InvalidArgument("command id"))
+            .ok_or_else(|| Error::InvalidArgument("command id"))
     }
 
     /// Writes the lists of a PRP plan and sets the command's data pointer.
@@ -336,7 +336,10 @@ impl QueuePair {
         if (self.sq_tail + 1) % self.depth == self.sq_head {
             return Err(Error::QueueFull(self.qid));
         }
-        let cid = self.free_cids.pop().ok_or(Error::QueueFull(self.qid))?;
+        let cid = self
+            .free_cids
+            .pop()
+            .ok_or_else(|| Error::QueueFull(self.qid))?;
         let r = self.fill(&mut cmd, cid, data);
         if let Err(e) = r {
             self.free_cids.push(cid);
@@ -370,7 +373,7 @@ impl QueuePair {
                 }
                 let end = iova
                     .checked_add(len)
-                    .ok_or(Error::InvalidArgument("PRP buffer wraps"))?;
+                    .ok_or_else(|| Error::InvalidArgument("PRP buffer wraps"))?;
                 let first_page_end = (iova & !(PAGE_SIZE - 1)) + PAGE_SIZE;
                 cmd.set_psdt(0);
                 if end <= first_page_end {
