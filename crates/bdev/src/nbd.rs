@@ -462,6 +462,7 @@ impl NbdBdev {
             next_attempt: Instant::now(),
             size: ex.size,
             dead_rx: None,
+            connecting: None,
         };
         mgr.install(stream)?;
         std::thread::Builder::new()
@@ -547,6 +548,8 @@ struct Manager {
     size: u64,
     /// Signalled (closed) by the reader thread when the connection dies.
     dead_rx: Option<Receiver<()>>,
+    /// Result of an in-progress reconnect attempt.
+    connecting: Option<Receiver<Result<(Stream, Export), BdevError>>>,
 }
 
 impl Manager {
@@ -586,30 +589,63 @@ impl Manager {
         self.next_attempt = Instant::now();
     }
 
+    /// Reconnect without blocking the manager: the connect + handshake (bounded by
+    /// `io_timeout`) runs on a short-lived helper thread, so request deadlines keep being
+    /// enforced meanwhile.
     fn try_reconnect(&mut self) {
+        if let Some(rx) = &self.connecting {
+            let res = match rx.try_recv() {
+                Ok(r) => r,
+                Err(crossbeam_channel::TryRecvError::Empty) => return,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    Err(nbd_err("connect helper thread died"))
+                }
+            };
+            self.connecting = None;
+            match res {
+                Ok((s, ex)) => {
+                    if ex.size != self.size {
+                        tracing::warn!(bdev = %self.opts.name, old = self.size, new = ex.size,
+                            "NBD export size changed across reconnect");
+                        self.size = ex.size;
+                    }
+                    match self.install(s) {
+                        Ok(()) => tracing::info!(bdev = %self.opts.name, "NBD reconnected"),
+                        Err(e) => {
+                            tracing::warn!(bdev = %self.opts.name, error = %e, "NBD reconnect failed");
+                            self.schedule_retry();
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(bdev = %self.opts.name, error = %e, backoff = ?self.backoff, "NBD reconnect failed");
+                    self.schedule_retry();
+                }
+            }
+            return;
+        }
         if Instant::now() < self.next_attempt {
             return;
         }
-        match connect(&self.opts) {
-            Ok((s, ex)) => {
-                if ex.size != self.size {
-                    tracing::warn!(bdev = %self.opts.name, old = self.size, new = ex.size,
-                        "NBD export size changed across reconnect");
-                    self.size = ex.size;
-                }
-                match self.install(s) {
-                    Ok(()) => tracing::info!(bdev = %self.opts.name, "NBD reconnected"),
-                    Err(e) => {
-                        tracing::warn!(bdev = %self.opts.name, error = %e, "NBD reconnect failed")
-                    }
-                }
-            }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let opts = self.opts.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("nbd-conn-{}", self.opts.name))
+            .spawn(move || {
+                let _ = tx.send(connect(&opts));
+            });
+        match spawned {
+            Ok(_) => self.connecting = Some(rx),
             Err(e) => {
-                tracing::debug!(bdev = %self.opts.name, error = %e, backoff = ?self.backoff, "NBD reconnect failed");
-                self.next_attempt = Instant::now() + self.backoff;
-                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                tracing::warn!(error = %e, "cannot spawn NBD connect thread");
+                self.schedule_retry();
             }
         }
+    }
+
+    fn schedule_retry(&mut self) {
+        self.next_attempt = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
     }
 
     /// Encode and send one request; `Err` means the connection broke.

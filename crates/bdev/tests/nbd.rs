@@ -310,3 +310,40 @@ fn nbd_concurrent_channels_share_one_connection() {
     let (_raw, b) = nbd(NbdAddr::Unix(sock), "", Duration::from_secs(10));
     common::concurrent_channels(b, 4, 1 << 20);
 }
+
+#[test]
+fn silent_server_during_reconnect_does_not_stretch_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path(), 4 << 20);
+    let sock = dir.path().join("nbd.sock");
+    let srv = qemu_nbd_unix(&img, &sock);
+    let timeout = Duration::from_millis(1000);
+    let (raw, b) = nbd(NbdAddr::Unix(sock.clone()), "exp", timeout);
+    let mut ch = b.open_channel().unwrap();
+    common::write_at(ch.as_mut(), 0, &[5; 512], false).unwrap();
+    drop(srv);
+    wait_for(|| !raw.is_connected(), "disconnect noticed");
+    // An impostor accepts connections but never speaks: reconnects hang in the handshake.
+    let _ = std::fs::remove_file(&sock);
+    let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in l.incoming().take(3) {
+            conns.push(c);
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    });
+    for _ in 0..3 {
+        let start = Instant::now();
+        assert_eq!(
+            common::read_at(ch.as_mut(), 0, 512).unwrap_err(),
+            IoError::Timeout
+        );
+        let took = start.elapsed();
+        assert!(
+            took <= timeout + Duration::from_millis(500),
+            "took {took:?}"
+        );
+    }
+    drop(held);
+}
