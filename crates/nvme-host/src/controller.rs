@@ -176,7 +176,7 @@ impl Controller {
                     .map_err(|e| {
                     Error::Transport(TransportError::Request {
                         what: "mmap of BAR0 doorbells",
-                        source: Box::new(e),
+                        cause: Box::new(e),
                     })
                 })?;
                 tracing::debug!(off, size, "doorbells mapped");

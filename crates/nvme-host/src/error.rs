@@ -7,23 +7,22 @@ use crate::cmd::Status;
 /// Errors of the vfio-user transport underneath the driver.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    /// Connecting to the target's socket failed.
-    #[error("cannot connect to vfio-user socket {path}")]
+    /// Connecting to the target's socket failed. The cause is part of the message (tools
+    /// print only the top-level message).
+    #[error("cannot connect to vfio-user socket {path}: {cause}")]
     Connect {
         /// Socket path that was tried.
         path: PathBuf,
         /// Underlying cause.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        cause: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A vfio-user request failed (socket error or an error reply).
-    #[error("vfio-user request {what} failed")]
+    #[error("vfio-user request {what} failed: {cause}")]
     Request {
         /// Which request.
         what: &'static str,
         /// Underlying cause.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        cause: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The device has no such region.
     #[error("device has no region {0}")]
@@ -37,11 +36,11 @@ pub enum TransportError {
 #[derive(Debug, thiserror::Error)]
 pub enum DmaError {
     /// Creating or sizing the memfd failed.
-    #[error("cannot create DMA memory")]
-    Create(#[source] std::io::Error),
+    #[error("cannot create DMA memory: {0}")]
+    Create(std::io::Error),
     /// Mapping the memfd into this process failed.
-    #[error("cannot mmap DMA memory")]
-    Mmap(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("cannot mmap DMA memory: {0}")]
+    Mmap(Box<dyn std::error::Error + Send + Sync>),
     /// The arena has no free run of pages big enough.
     #[error("out of DMA memory ({0} bytes requested)")]
     OutOfMemory(u64),
@@ -70,7 +69,7 @@ pub enum Error {
     #[error("controller fatal status (CSTS.CFS set)")]
     ControllerFatal,
     /// DMA memory failure.
-    #[error("DMA memory error")]
+    #[error(transparent)]
     Dma(#[from] DmaError),
     /// A caller-supplied argument is invalid.
     #[error("invalid argument: {0}")]
@@ -85,10 +84,10 @@ pub enum Error {
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
     /// Transport failure.
-    #[error("vfio-user transport error")]
+    #[error(transparent)]
     Transport(#[from] TransportError),
     /// An I/O error outside the transport (eventfds, output).
-    #[error("I/O error")]
+    #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
     /// Data read back differs from what was written (`--verify`).
     #[error("data miscompare at lba {lba}")]

@@ -92,7 +92,7 @@ impl std::fmt::Debug for RustVmmTransport {
 fn req(what: &'static str) -> impl FnOnce(vfio_user::Error) -> TransportError {
     move |e| TransportError::Request {
         what,
-        source: Box::new(e),
+        cause: Box::new(e),
     }
 }
 
@@ -101,7 +101,7 @@ impl RustVmmTransport {
     pub fn connect(path: &Path) -> Result<Self, TransportError> {
         let client = vfio_user::Client::new(path).map_err(|e| TransportError::Connect {
             path: path.to_path_buf(),
-            source: Box::new(e),
+            cause: Box::new(e),
         })?;
         Ok(Self { client })
     }
@@ -204,7 +204,7 @@ impl std::fmt::Debug for VfuTransport {
 fn vreq(what: &'static str) -> impl FnOnce(vfu_client::ClientError) -> TransportError {
     move |e| TransportError::Request {
         what,
-        source: Box::new(e),
+        cause: Box::new(e),
     }
 }
 
@@ -214,7 +214,7 @@ impl VfuTransport {
         let client = vfu_client::Client::connect(path, vfu_client::ClientOptions::default())
             .map_err(|e| TransportError::Connect {
                 path: path.to_path_buf(),
-                source: Box::new(e),
+                cause: Box::new(e),
             })?;
         Self::from_client(client)
     }

@@ -133,7 +133,9 @@ fn perf_rejects_bad_parameters() {
 #[test]
 fn bad_trid_and_unreachable_socket_are_errors() {
     let a = args("trtype:TCP traddr:127.0.0.1", &["-w", "read"]);
-    assert!(matches!(perf_main(a), Err(Error::InvalidTransportId(_))));
+    let e = perf_main(a).unwrap_err();
+    assert!(matches!(e, Error::InvalidTransportId(_)));
+    assert!(e.to_string().contains("unsupported trtype 'TCP'"), "{e}");
     let dir = tempfile::tempdir().unwrap();
     let a = args(
         &format!("trtype:VFIOUSER traddr:{}", dir.path().display()),
@@ -141,6 +143,11 @@ fn bad_trid_and_unreachable_socket_are_errors() {
     );
     let e = perf_main(a).unwrap_err();
     assert!(matches!(e, Error::Transport(_)), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("cannot connect to vfio-user socket") && msg.contains("cntrl"),
+        "unclear error: {msg}"
+    );
     let trid =
         TransportId::parse(&format!("trtype:VFIOUSER traddr:{}", dir.path().display())).unwrap();
     assert!(identify(&trid).is_err());
