@@ -166,6 +166,15 @@ pub struct IoVec {
     len: usize,
 }
 
+// `IoVecs::as_slice` is handed to the kernel as `struct iovec *`: same size, alignment and
+// field order (`iov_base`, `iov_len`).
+const _: () = {
+    assert!(std::mem::size_of::<IoVec>() == std::mem::size_of::<libc::iovec>());
+    assert!(std::mem::align_of::<IoVec>() == std::mem::align_of::<libc::iovec>());
+    assert!(std::mem::offset_of!(IoVec, base) == std::mem::offset_of!(libc::iovec, iov_base));
+    assert!(std::mem::offset_of!(IoVec, len) == std::mem::offset_of!(libc::iovec, iov_len));
+};
+
 impl fmt::Debug for IoVec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "IoVec({:p}, {})", self.base, self.len)
