@@ -939,6 +939,32 @@ impl IoChannel for NbdChannel {
     }
 }
 
+impl Drop for NbdChannel {
+    fn drop(&mut self) {
+        // Requests own their iovecs until completed; every request completes within the
+        // I/O timeout (plus a sweep), so wait for them rather than leave the reader
+        // thread writing into buffers the caller is about to free.
+        let deadline = Instant::now() + self.timeout + Duration::from_secs(1);
+        let mut left = self.in_flight;
+        while left > 0 {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match self.done_rx.recv_timeout(wait) {
+                Ok(c) => {
+                    if let Some(pos) = self.fua_emulated.iter().position(|t| *t == c.tag) {
+                        // Its follow-up flush is never sent: the write itself is done.
+                        self.fua_emulated.swap_remove(pos);
+                    }
+                    left -= 1;
+                }
+                Err(_) => {
+                    tracing::error!(left, "NBD channel dropped with requests still in flight");
+                    break;
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

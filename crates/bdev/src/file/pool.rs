@@ -197,3 +197,20 @@ impl IoChannel for PoolChannel {
         }
     }
 }
+
+impl Drop for PoolChannel {
+    fn drop(&mut self) {
+        // Workers may still be copying into the request buffers: wait for them (bounded),
+        // so dropping a channel never leaves the kernel/workers writing to freed memory
+        // even for callers that rely on channel lifetime instead of `keepalive`.
+        let outstanding = self.in_flight.saturating_sub(self.local.len());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        for _ in 0..outstanding {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if self.rx_done.recv_timeout(left).is_err() {
+                tracing::error!("file channel dropped with I/O still running in workers");
+                break;
+            }
+        }
+    }
+}
