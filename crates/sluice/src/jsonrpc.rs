@@ -334,6 +334,46 @@ mod tests {
         assert_eq!(handle_value(json!([{"method":"echo"}]), &Echo), None);
     }
 
+    proptest::proptest! {
+        /// However the byte stream is split into reads, the same values come out in order.
+        #[test]
+        fn decoder_is_split_invariant(ids in proptest::collection::vec(0u32..1000, 1..8),
+                                      cuts in proptest::collection::vec(0usize..4000, 0..10)) {
+            let values: Vec<Value> = ids
+                .iter()
+                .map(|i| json!({"jsonrpc":"2.0","id":i,"method":"m","params":{"s":"a}b{c\\\"","n":[1,2.5,null]}}))
+                .collect();
+            let mut bytes = Vec::new();
+            for v in &values {
+                bytes.extend(serde_json::to_vec_pretty(v).unwrap());
+                bytes.extend(b" \n");
+            }
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (bytes.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut d = StreamDecoder::new();
+            let mut out = Vec::new();
+            let mut prev = 0;
+            for c in cuts.into_iter().chain(std::iter::once(bytes.len())) {
+                out.extend(d.feed(&bytes[prev..c]));
+                prev = c;
+            }
+            let expected: Vec<Decoded> = values.into_iter().map(Decoded::Value).collect();
+            proptest::prop_assert_eq!(out, expected);
+            proptest::prop_assert!(d.is_idle());
+        }
+
+        /// Arbitrary bytes never panic the decoder or the request handler.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let mut d = StreamDecoder::new();
+            for item in d.feed(&bytes) {
+                if let Decoded::Value(v) = item {
+                    let _ = handle_value(v, &Echo);
+                }
+            }
+        }
+    }
+
     #[test]
     fn frame_is_newline_terminated() {
         let f = frame(&json!({"a":1}));
