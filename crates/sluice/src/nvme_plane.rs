@@ -25,8 +25,13 @@ use crate::dataplane::{
 pub enum Mode {
     /// Spin.
     Busy,
-    /// Spin under load, sleep with backoff when idle.
-    Adaptive,
+    /// Spin under load, sleep with exponential backoff when idle.
+    Adaptive {
+        /// Idle polls before the first sleep.
+        spin_polls: u32,
+        /// Longest sleep.
+        max_sleep: Duration,
+    },
 }
 
 struct PollThread {
@@ -79,7 +84,13 @@ impl NvmePlane {
             let (mut poller, handle) = sluice_nvme::Poller::new();
             let pm = match mode {
                 Mode::Busy => sluice_nvme::PollMode::Busy,
-                Mode::Adaptive => sluice_nvme::PollMode::default(),
+                Mode::Adaptive {
+                    spin_polls,
+                    max_sleep,
+                } => sluice_nvme::PollMode::Adaptive {
+                    spin_polls,
+                    max_sleep,
+                },
             };
             let thread = std::thread::Builder::new()
                 .name(format!("sluice-poll-{i}"))

@@ -63,6 +63,13 @@ pub struct ServeArgs {
     /// Poll thread mode.
     #[arg(long, value_enum, default_value_t = PollMode::Adaptive)]
     pub poll_mode: PollMode,
+    /// Adaptive mode: idle polls before a poll thread starts sleeping.
+    #[arg(long, default_value_t = 10_000)]
+    pub poll_spin: u32,
+    /// Adaptive mode: longest sleep of an idle poll thread, in microseconds (the worst-case
+    /// added latency of the first doorbell after an idle period with a mapped BAR0).
+    #[arg(long, default_value_t = 1000)]
+    pub poll_max_sleep_us: u64,
     /// Quickstart listener directory (created if missing).
     #[arg(long, default_value = "/var/tmp/sluice/cnode0")]
     pub quickstart_dir: PathBuf,
@@ -258,9 +265,17 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
             }
         });
     });
+    if !(1..=1_000_000).contains(&args.poll_max_sleep_us) {
+        return Err(ServeError::Usage(
+            "--poll-max-sleep-us must be in 1..=1000000".into(),
+        ));
+    }
     let mode = match args.poll_mode {
         PollMode::Busy => crate::nvme_plane::Mode::Busy,
-        PollMode::Adaptive => crate::nvme_plane::Mode::Adaptive,
+        PollMode::Adaptive => crate::nvme_plane::Mode::Adaptive {
+            spin_polls: args.poll_spin,
+            max_sleep: std::time::Duration::from_micros(args.poll_max_sleep_us),
+        },
     };
     let plane = NvmePlane::new(&cpus, mode)
         .map_err(|e| ServeError::Usage(format!("cannot start poll threads: {e}")))?;

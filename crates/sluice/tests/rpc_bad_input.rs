@@ -339,3 +339,25 @@ fn wait_for_rpc_state_machine() {
     d.rpc_ok(&["framework_wait_init"]);
     assert_eq!(d.rpc_json(&["bdev_get_bdevs"]), json!([]));
 }
+
+#[test]
+fn bad_daemon_flags_exit_1_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("rpc.sock");
+    for (args, word) in [
+        (vec!["-m", "zz"], "cpumask"),
+        (vec!["-m", "[4000]"], "cpumask"),
+        (vec!["--poll-max-sleep-us", "0"], "poll-max-sleep-us"),
+        (vec!["--log-level", "no=such=filter"], "log-level"),
+    ] {
+        let out = std::process::Command::new(common::BIN)
+            .args(["serve", "--empty", "-r", sock.to_str().unwrap()])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(word), "{args:?}: {err}");
+        assert!(!sock.exists(), "{args:?} left the RPC socket behind");
+    }
+}
