@@ -11,7 +11,8 @@
 #
 # Usage: crates/sluice/bench/poll_modes.sh [SECONDS] [PERF_SECONDS]
 # Release build; uses $CARGO_TARGET_DIR (default ./target). Pin with -m if you have cores
-# to spare, e.g. SLUICE_CPUMASK=0x2.
+# to spare, e.g. SLUICE_CPUMASK=0x2. Extra `sluice serve` flags (e.g. adaptive tuning):
+# SLUICE_SERVE_ARGS="--poll-max-sleep-us 4000".
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 IDLE_SECS=${1:-30}
@@ -30,7 +31,7 @@ TRID="trtype:VFIOUSER traddr:$WORK/q subnqn:nqn.2019-07.io.spdk:cnode0"
 start_daemon() { # $1 = poll mode
     rm -rf "$WORK/q"
     "$BIN" serve -m "$MASK" --poll-mode "$1" -r "$WORK/rpc.sock" --quickstart-dir "$WORK/q" \
-        --quickstart-size-mib 512 --log-level warn >/dev/null 2>"$WORK/daemon-$1.log" &
+        --quickstart-size-mib 512 --log-level warn ${SLUICE_SERVE_ARGS:-} >/dev/null 2>"$WORK/daemon-$1.log" &
     DAEMON=$!
     for _ in $(seq 100); do [ -S "$WORK/q/cntrl" ] && return 0; sleep 0.1; done
     echo "daemon did not start" >&2; cat "$WORK/daemon-$1.log" >&2; exit 1
