@@ -1243,7 +1243,7 @@ fn vm_08_baseline_against_qemu_nvme() {
         &[
             ("SN", c.serial.clone()),
             ("QSN", "qemu-nvme-0".to_string()),
-            ("SECS", "5".to_string()),
+            ("SECS", "4".to_string()),
         ],
         VmSpec {
             vfio_user: vec![&c.socket],
@@ -1271,7 +1271,7 @@ fn vm_08_baseline_against_qemu_nvme() {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     let report = format!(
-        "guest fio 4k randread QD32, 5 s, accel={accel}: sluice {sl:.0} IOPS, qemu-nvme {qe:.0} IOPS, ratio sluice/qemu {:.2}\n",
+        "guest fio 4k randread QD32, 2 x 4 s interleaved, accel={accel}: sluice {sl:.0} IOPS, qemu-nvme {qe:.0} IOPS, ratio sluice/qemu {:.2}\n",
         sl / qe
     );
     eprint!("[vm] {report}");
