@@ -233,6 +233,18 @@ pub fn parse_config(config: &Value) -> Result<Vec<(String, Option<Value>)>, RpcE
 
 impl Dispatch for Daemon {
     fn call(&self, method: &str, params: Option<&Value>) -> Result<Value, RpcError> {
+        let result = self.dispatch(method, params);
+        match &result {
+            Ok(_) => tracing::debug!(method, "rpc ok"),
+            // Client-triggered: debug level, never a flood at the default level.
+            Err(e) => tracing::debug!(method, code = e.code, message = %e.message, "rpc error"),
+        }
+        result
+    }
+}
+
+impl Daemon {
+    fn dispatch(&self, method: &str, params: Option<&Value>) -> Result<Value, RpcError> {
         if !METHODS.contains(&method) {
             return Err(RpcError::method_not_found(method));
         }
