@@ -195,6 +195,7 @@ impl Controller {
         if sq.inflight > 0 {
             // Completes once the backend returned every command of this SQ.
             sq.deleting = Some(sqe.cid());
+            self.pending_deletes += 1;
             return Ok(None);
         }
         self.remove_sq(qid);

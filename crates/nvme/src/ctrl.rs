@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use tracing::debug;
 
-use crate::prp::{walk_prp, walk_sgl, IovSink, PAGE_SIZE};
+use crate::prp::{walk_prp, walk_sgl, IovSink, SegSink, PAGE_SIZE};
 use crate::spec::{aen, io, reg, Cqe, Sqe, Status};
 use crate::sys::{DoorbellPage, Ring, DOORBELL_COUNT};
 use crate::GuestMem;
@@ -427,6 +427,8 @@ pub struct Controller {
     pub(crate) shadow: Option<ShadowDb>,
     /// Interrupt Vector Configuration: coalescing disabled per vector.
     pub(crate) iv_cd: Vec<bool>,
+    /// Delete I/O SQ commands waiting for in-flight commands.
+    pub(crate) pending_deletes: u32,
     admin_backlog: VecDeque<(Cqe, u16)>,
     pub(crate) created: Instant,
     ready: bool,
@@ -487,6 +489,7 @@ impl Controller {
             error_log: VecDeque::new(),
             shadow: None,
             iv_cd: vec![false; usize::from(MSIX_VECTORS)],
+            pending_deletes: 0,
             admin_backlog: VecDeque::new(),
             created: Instant::now(),
             ready: false,
@@ -665,6 +668,7 @@ impl Controller {
         }
         self.active_sqs.clear();
         self.irq_list.clear();
+        self.pending_deletes = 0;
         for s in self.slots.iter_mut().filter(|s| s.live) {
             s.orphan = true;
         }
@@ -1029,7 +1033,9 @@ impl Controller {
         if !self.admin_backlog.is_empty() {
             self.flush_admin_backlog();
         }
-        self.finish_deletes();
+        if self.pending_deletes > 0 {
+            self.finish_deletes();
+        }
         self.flush_irqs();
         work
     }
@@ -1345,6 +1351,8 @@ impl Controller {
             let max = (mdts / PAGE_SIZE) as usize + 2;
             let mut sink = IovSink::new(mem, &mut iov, max.max(crate::prp::MAX_SGL_DESCRIPTORS));
             let r = match sqe.psdt() {
+                // Fast path: the whole transfer sits in PRP1's page.
+                0 if len <= PAGE_SIZE - (sqe.prp1() & (PAGE_SIZE - 1)) => sink.seg(sqe.prp1(), len),
                 0 => walk_prp(mem, sqe.prp1(), sqe.prp2(), len, &mut sink),
                 1 | 2 => walk_sgl(mem, &sqe.sgl_bytes(), len, &mut sink),
                 _ => Err(Status::INVALID_FIELD),
@@ -1544,6 +1552,7 @@ impl Controller {
             }
         }
         for (qid, cid) in done {
+            self.pending_deletes = self.pending_deletes.saturating_sub(1);
             self.remove_sq(qid);
             self.complete_unreserved(0, cid, Status::SUCCESS, 0);
         }
