@@ -290,6 +290,11 @@ impl QueuePair {
         self.db.write(self.qid, false, value)
     }
 
+    /// Writes `value` straight into this queue's CQ head doorbell (for tests).
+    pub fn ring_raw_cq(&self, value: u32) -> Result<(), Error> {
+        self.db.write(self.qid, true, value)
+    }
+
     /// Whether another command can be submitted.
     pub fn has_room(&self) -> bool {
         !self.free_cids.is_empty() && (self.sq_tail + 1) % self.depth != self.sq_head

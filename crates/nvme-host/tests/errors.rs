@@ -370,3 +370,27 @@ fn sq_tail_beyond_queue_size_raises_invalid_doorbell_aen() {
     r.assert_healthy();
     let _ = Status::default();
 }
+
+#[test]
+fn cq_head_beyond_queue_size_raises_invalid_doorbell_aen() {
+    let mut r = Rig::new();
+    r.c.submit_aer().unwrap();
+    let bad = r.c.create_io_queue_pair(3, 16, None).unwrap();
+    bad.ring_raw_cq(16).unwrap();
+    // The controller looks at a CQ head when it has something to post on that CQ.
+    let mut bad = bad;
+    let buf = r.c.alloc(512).unwrap();
+    let _ = bad.submit(
+        rw_command(nvm::READ, NSID, 0, 1, false).unwrap(),
+        DataPtr::Prp {
+            iova: buf.iova(),
+            len: 512,
+        },
+    );
+    let aen =
+        r.c.wait_aen(Duration::from_secs(5))
+            .unwrap()
+            .expect("an AEN for the invalid CQ head write");
+    assert_eq!((aen.dw0 & 7, (aen.dw0 >> 8) & 0xff), (0, 1));
+    r.assert_healthy();
+}

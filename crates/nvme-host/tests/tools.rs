@@ -152,3 +152,28 @@ fn bad_trid_and_unreachable_socket_are_errors() {
         TransportId::parse(&format!("trtype:VFIOUSER traddr:{}", dir.path().display())).unwrap();
     assert!(identify(&trid).is_err());
 }
+
+#[test]
+fn perf_several_queue_pairs_per_thread() {
+    let t = Target::start(TargetOptions::default());
+    let mut c = t.connect();
+    let a = args(
+        &t.trid(),
+        &[
+            "-q",
+            "4",
+            "-o",
+            "4096",
+            "-w",
+            "randread",
+            "-P",
+            "3",
+            "--number-ios",
+            "300",
+        ],
+    );
+    let r = run(&mut c, &a, "x").unwrap();
+    assert_eq!(r.workers.len(), 1);
+    assert_eq!(r.total.ios, 300);
+    assert_eq!(r.total.errors, 0);
+}
