@@ -68,7 +68,9 @@ pub struct ServeArgs {
     pub poll_spin: u32,
     /// Adaptive mode: longest sleep of an idle poll thread, in microseconds (the worst-case
     /// added latency of the first doorbell after an idle period with a mapped BAR0).
-    #[arg(long, default_value_t = 1000)]
+    /// 4000 keeps an idle daemon near 1% of a core (bench/poll_modes.sh); 1000 measured
+    /// 2.2-3% on the shared dev machine.
+    #[arg(long, default_value_t = 4000)]
     pub poll_max_sleep_us: u64,
     /// Quickstart listener directory (created if missing).
     #[arg(long, default_value = "/var/tmp/sluice/cnode0")]
