@@ -218,6 +218,7 @@ impl Controller {
         if let Some(c) = self.cqs.get_mut(usize::from(qid)) {
             *c = None;
         }
+        self.shared.mirror_cq(qid, false, 0);
         Ok(Some(0))
     }
 
@@ -711,6 +712,7 @@ impl Controller {
             let _ = db.write_u32(i * 4, v);
             let _ = ei.write_u32(i * 4, v);
         }
+        self.shared.set_shadow_db(p1);
         self.shadow = Some(ShadowDb {
             db_gpa: p1,
             ei_gpa: p2,

@@ -151,11 +151,20 @@ pub struct Shared {
     asq: AtomicU64,
     acq: AtomicU64,
     intms: AtomicU32,
+    /// Per CQ (index = qid): `CQ_IRQ_ACTIVE | tail` while the CQ exists with interrupts
+    /// enabled, else 0. Written by the poll thread after every posted CQE (before the
+    /// interrupt fires), read by the endpoint thread for [`Shared::intx_pending`].
+    cq_irq: Box<[AtomicU32]>,
+    /// Guest address of the shadow doorbell buffer (0: none).
+    shadow_db: AtomicU64,
 }
 
+/// Marks an interrupt-enabled CQ in the `cq_irq` mirrors.
+const CQ_IRQ_ACTIVE: u32 = 1 << 16;
+
 impl Shared {
-    /// New register block for CAP `cap`.
-    pub fn new(cap: u64) -> std::io::Result<Shared> {
+    /// New register block for CAP `cap` and `queues` queue ids (admin included).
+    pub fn new(cap: u64, queues: usize) -> std::io::Result<Shared> {
         Ok(Shared {
             doorbells: DoorbellPage::new()?,
             cap,
@@ -165,7 +174,56 @@ impl Shared {
             asq: AtomicU64::new(0),
             acq: AtomicU64::new(0),
             intms: AtomicU32::new(0),
+            cq_irq: (0..queues).map(|_| AtomicU32::new(0)).collect(),
+            shadow_db: AtomicU64::new(0),
         })
+    }
+
+    /// The INTx level: whether some interrupt-enabled CQ holds entries the host has not
+    /// consumed (CQ tail != the host's CQ head doorbell). Lock-free; safe on any thread.
+    ///
+    /// The tails come from the poll thread's mirrors, the heads from the doorbell page or,
+    /// for I/O CQs while shadow doorbells are configured, from the shadow buffer in `mem`
+    /// (falling back to the doorbell page when it cannot be read). A head the host has not
+    /// yet written reads as pending: the host gets one more interrupt, never one less.
+    pub fn intx_pending(&self, mem: Option<&GuestMem>) -> bool {
+        use vm_memory::{Bytes, GuestAddress};
+        let shadow = self.shadow_db.load(Ordering::Acquire);
+        self.cq_irq.iter().enumerate().any(|(qid, m)| {
+            let v = m.load(Ordering::Acquire);
+            if v & CQ_IRQ_ACTIVE == 0 {
+                return false;
+            }
+            let idx = qid.saturating_mul(2).saturating_add(1);
+            let from_shadow = if qid != 0 && shadow != 0 {
+                mem.and_then(|m| {
+                    let addr = shadow.checked_add((idx as u64).checked_mul(4)?)?;
+                    m.read_obj::<u32>(GuestAddress(addr)).ok()
+                })
+            } else {
+                None
+            };
+            let head = from_shadow.unwrap_or_else(|| self.doorbells.load(idx));
+            head != v & 0xffff
+        })
+    }
+
+    /// Publish the interrupt state of CQ `qid` (poll thread).
+    #[inline]
+    pub(crate) fn mirror_cq(&self, qid: u16, active: bool, tail: u16) {
+        if let Some(m) = self.cq_irq.get(usize::from(qid)) {
+            let v = if active {
+                CQ_IRQ_ACTIVE | u32::from(tail)
+            } else {
+                0
+            };
+            m.store(v, Ordering::Release);
+        }
+    }
+
+    /// Publish the shadow doorbell buffer address (0: none).
+    pub(crate) fn set_shadow_db(&self, gpa: u64) {
+        self.shadow_db.store(gpa, Ordering::Release);
     }
 
     /// Read the dword register at `off` (0..0x1000).
@@ -456,8 +514,8 @@ impl Controller {
     /// A controller with the given configuration and interrupt sink.
     pub fn new(cfg: ControllerConfig, irq: Arc<dyn InterruptSink>) -> std::io::Result<Controller> {
         let cfg = cfg.normalized();
-        let shared = Arc::new(Shared::new(cfg.cap())?);
         let nq = usize::from(cfg.max_io_queues) + 1;
+        let shared = Arc::new(Shared::new(cfg.cap(), nq)?);
         let nn = cfg.max_namespaces as usize;
         Ok(Controller {
             shared,
@@ -640,6 +698,7 @@ impl Controller {
             match (db, ei) {
                 (Some(db), Some(ei)) => self.shadow = Some(ShadowDb { db, ei, ..sh }),
                 _ => {
+                    self.shared.set_shadow_db(0);
                     // Shadow buffers unmapped: fall back to the BAR doorbells with the last
                     // values the host published.
                     for i in 2..DOORBELL_COUNT {
@@ -678,6 +737,10 @@ impl Controller {
         self.aer.error_masked = false;
         self.admin_backlog.clear();
         self.shadow = None;
+        self.shared.set_shadow_db(0);
+        for qid in 0..self.cqs.len() {
+            self.shared.mirror_cq(qid as u16, false, 0);
+        }
         self.iv_cd.iter_mut().for_each(|v| *v = false);
         let vwc = self.feat.vwc;
         self.feat = Features {
@@ -802,6 +865,9 @@ impl Controller {
         if let Some(c) = self.cqs.first_mut() {
             *c = cq0;
         }
+        if let Some(cq) = self.cqs.first().and_then(Option::as_ref) {
+            self.shared.mirror_cq(0, cq.ien, cq.tail);
+        }
         self.active_sqs.push(0);
         self.shared.csts.store(1 | 2 << 2, Ordering::Release);
     }
@@ -861,6 +927,7 @@ impl Controller {
                 cq.sq_refs = 1;
             }
         }
+        self.shared.mirror_cq(0, true, 0);
         self.active_sqs.clear();
         self.active_sqs.push(0);
         self.shared.doorbells.store(0, 0);
@@ -889,6 +956,7 @@ impl Controller {
             .ok_or(Status::INVALID_QID)?;
         *slot = Some(new_cq(size, gpa, Some(ring), ien, iv));
         self.shared.doorbells.store(usize::from(qid) * 2 + 1, 0);
+        self.shared.mirror_cq(qid, ien, 0);
         if let Some(sh) = &self.shadow {
             let _ = sh.db.write_u32((usize::from(qid) * 2 + 1) * 4, 0);
         }
@@ -1206,6 +1274,8 @@ impl Controller {
         }
         self.stats.completions += 1;
         if cq.ien {
+            // Before the interrupt: the INTx level must see this entry.
+            self.shared.mirror_cq(cqid, true, cq.tail);
             if cqid == 0 || !adaptive {
                 let iv = cq.iv;
                 self.irq.trigger(iv);

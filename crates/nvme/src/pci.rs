@@ -191,6 +191,11 @@ impl PciFunction for NvmeFunction {
         self.push_memory()
     }
 
+    fn intx_level(&mut self) -> Option<bool> {
+        // Level semantics: asserted while an interrupt-enabled CQ holds unconsumed entries.
+        Some(self.handle.shared().intx_pending(self.memory.as_deref()))
+    }
+
     fn command_changed(&mut self, command: u16) {
         let bm = command & 0x4 != 0;
         if bm != self.bus_master {

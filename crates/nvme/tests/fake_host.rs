@@ -1140,3 +1140,101 @@ fn dma_update_waits_for_inflight_io() {
     handle.stop();
     t.join().unwrap();
 }
+
+/// The INTx level (sluice-pci asks it at UNMASK): asserted exactly while an
+/// interrupt-enabled CQ holds entries the host has not consumed.
+#[test]
+fn intx_level_follows_unconsumed_completions() {
+    let (mut c, mut h) = ready();
+    let shared = c.shared().clone();
+    assert!(
+        !shared.intx_pending(None),
+        "everything consumed after bring-up"
+    );
+    // Admin CQ.
+    h.submit(&mut c, 0, sqe(admin::KEEP_ALIVE, 0), false);
+    c.poll();
+    assert!(shared.intx_pending(None), "admin CQE not yet consumed");
+    ok(h.try_reap(&mut c, 0));
+    assert!(!shared.intx_pending(None), "admin CQ head caught up");
+    // I/O CQ.
+    let buf = h.alloc(4096);
+    h.submit(&mut c, 1, rw(io::READ, 1, 0, 1, buf, 0), false);
+    for _ in 0..3 {
+        c.poll();
+    }
+    assert!(shared.intx_pending(None), "I/O CQE not yet consumed");
+    ok(h.try_reap(&mut c, 1));
+    assert!(!shared.intx_pending(None));
+    // A CQ created with interrupts disabled never asserts the level.
+    let cq2 = h.alloc(16 * 16);
+    let mut s = with_prps(sqe(admin::CREATE_CQ, 0), cq2, 0);
+    s.dw[10] = 2 | 15 << 16;
+    s.dw[11] = 1; // PC, IEN = 0
+    ok(h.admin(&mut c, s));
+    h.queues[2] = Some(sluice_nvme::testkit::HostQueue {
+        qid: 2,
+        sq: 0,
+        cq: cq2,
+        size: 16,
+        cq_size: 16,
+        sq_tail: 0,
+        cq_head: 0,
+        phase: true,
+        cqid: 2,
+    });
+    ok(h.create_sq(&mut c, 2, 16, 2));
+    h.submit(&mut c, 2, rw(io::READ, 1, 0, 1, buf, 0), false);
+    for _ in 0..3 {
+        c.poll();
+    }
+    assert_eq!(h.read(cq2 + 14, 1)[0] & 1, 1, "completion posted on CQ 2");
+    assert!(!shared.intx_pending(None), "IEN=0 CQ does not count");
+    ok(h.try_reap(&mut c, 2));
+    // Unconsumed entry, then controller reset: the level drops with the queues.
+    h.submit(&mut c, 1, rw(io::READ, 1, 0, 1, buf, 0), false);
+    for _ in 0..3 {
+        c.poll();
+    }
+    assert!(shared.intx_pending(None));
+    c.bar0_write(reg::CC, &0u32.to_le_bytes()).unwrap();
+    assert!(!shared.intx_pending(None), "no level after CC.EN 1 -> 0");
+}
+
+/// With shadow doorbells the host publishes I/O CQ heads in guest memory only; the INTx
+/// level reads them there.
+#[test]
+fn intx_level_reads_shadow_cq_heads() {
+    let cfg = ControllerConfig {
+        mappable_bar0: false,
+        ..Default::default()
+    };
+    let (mut c, mut h) = setup(cfg);
+    assert!(h.create_pair(&mut c, 1, 16));
+    let (db, ei) = (h.alloc(4096), h.alloc(4096));
+    ok(h.admin(
+        &mut c,
+        with_prps(sqe(admin::DOORBELL_BUFFER_CONFIG, 0), db, ei),
+    ));
+    let shared = c.shared().clone();
+    let mem = h.mem.clone();
+    assert!(!shared.intx_pending(Some(&mem)));
+    let buf = h.alloc(4096);
+    let q = h.queues[1].clone().unwrap();
+    h.write(q.sq, &rw(io::READ, 1, 0, 1, buf, 0).to_bytes());
+    h.write(db + 8, &1u32.to_le_bytes());
+    for _ in 0..3 {
+        c.poll();
+    }
+    assert_eq!(h.read(q.cq + 14, 1)[0] & 1, 1, "completion posted");
+    assert!(shared.intx_pending(Some(&mem)), "shadow CQ head still 0");
+    // CQ 1 head in the shadow buffer (doorbell index 3) only.
+    h.write(db + 12, &1u32.to_le_bytes());
+    assert!(!shared.intx_pending(Some(&mem)), "shadow head consumed it");
+    // Without memory the BAR doorbell page (still 0) decides: one interrupt too many
+    // rather than one too few.
+    assert!(shared.intx_pending(None));
+    // A reset drops the shadow buffer and the level.
+    c.function_reset();
+    assert!(!shared.intx_pending(Some(&mem)));
+}
