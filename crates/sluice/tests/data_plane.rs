@@ -284,3 +284,37 @@ fn nbd_client_bdev_against_qemu_nbd() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+#[test]
+fn controllers_are_placed_on_the_least_loaded_poll_thread() {
+    if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
+        eprintln!("needs 2 CPUs: skipping");
+        return;
+    }
+    let d = Daemon::start(&["-m", "0x3"]);
+    d.rpc_ok(&["nvmf_create_transport", "-t", "VFIOUSER"]);
+    for i in 0..2 {
+        let nqn = format!("nqn.2019-07.io.spdk:cnode{i}");
+        let dir = d.mkdir(&format!("l{i}"));
+        d.rpc_ok(&["nvmf_create_subsystem", "-a", &nqn]);
+        d.rpc_ok(&[
+            "nvmf_subsystem_add_listener",
+            &nqn,
+            "-t",
+            "VFIOUSER",
+            "-a",
+            dir.to_str().unwrap(),
+        ]);
+    }
+    let stats = d.rpc_json(&["nvmf_get_stats"]);
+    let groups = stats["poll_groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 2, "{stats}");
+    for g in groups {
+        assert_eq!(
+            g["current_admin_qpairs"], 1,
+            "one controller per poll thread: {stats}"
+        );
+    }
+    assert_eq!(groups[0]["cpu"], 0);
+    assert_eq!(groups[1]["cpu"], 1);
+}
