@@ -321,6 +321,10 @@ pub(crate) struct Sq {
     /// Admin CID of a pending Delete I/O SQ.
     pub(crate) deleting: Option<u16>,
     db_error: bool,
+    /// SQ head reported in the newest CQE posted for this SQ: the most the host can know
+    /// about freed slots. A tail claiming more entries than that allows is an overflow
+    /// or a stale (backwards) doorbell value, never a submission.
+    published: u16,
 }
 
 pub(crate) struct Cq {
@@ -919,6 +923,7 @@ impl Controller {
                 inflight: 0,
                 deleting: None,
                 db_error: false,
+                published: 0,
             });
         }
         if let Some(c) = self.cqs.first_mut() {
@@ -993,6 +998,7 @@ impl Controller {
             inflight: 0,
             deleting: None,
             db_error: false,
+            published: 0,
         });
         self.shared.doorbells.store(usize::from(qid) * 2, 0);
         if let Some(sh) = &self.shadow {
@@ -1067,6 +1073,13 @@ impl Controller {
         }
     }
 
+    fn sq_published(&self, qid: u16) -> u16 {
+        self.sqs
+            .get(usize::from(qid))
+            .and_then(Option::as_ref)
+            .map_or(0, |sq| sq.published)
+    }
+
     fn invalid_doorbell(&mut self, qid: u16, what: &'static str) {
         debug!(qid, what, "nvme: invalid doorbell write");
         self.stats.invalid_doorbell_writes += 1;
@@ -1118,7 +1131,16 @@ impl Controller {
         if deleting {
             return 0;
         }
-        if tail >= u32::from(size) {
+        let bad = if tail >= u32::from(size) {
+            Some("SQ tail beyond queue size")
+        } else if tail as u16 == head0 {
+            return 0;
+        } else if sq_overflow(tail as u16, head0, self.sq_published(qid), size) {
+            Some("SQ tail overflows the queue (or moved backwards)")
+        } else {
+            None
+        };
+        if let Some(what) = bad {
             let first = self
                 .sqs
                 .get_mut(usize::from(qid))
@@ -1129,16 +1151,13 @@ impl Controller {
                     f
                 });
             if first {
-                self.invalid_doorbell(qid, "SQ tail beyond queue size");
+                self.invalid_doorbell(qid, what);
             }
             return 0;
         }
         let tail = tail as u16;
         if let Some(sq) = self.sqs.get_mut(usize::from(qid)).and_then(Option::as_mut) {
             sq.db_error = false;
-        }
-        if tail == head0 {
-            return 0;
         }
         self.refresh_cq_head(cqid);
         let mut done = 0usize;
@@ -1179,8 +1198,11 @@ impl Controller {
 
     /// Post a completion for a command fetched from `sqid` (its CQ slot was reserved).
     pub(crate) fn complete(&mut self, sqid: u16, cid: u16, status: Status, dw0: u32) {
-        let (cqid, sqhd) = match self.sqs.get(usize::from(sqid)).and_then(Option::as_ref) {
-            Some(sq) => (sq.cqid, sq.head),
+        let (cqid, sqhd) = match self.sqs.get_mut(usize::from(sqid)).and_then(Option::as_mut) {
+            Some(sq) => {
+                sq.published = sq.head;
+                (sq.cqid, sq.head)
+            }
             None => return,
         };
         if !status.is_success() {
@@ -1202,9 +1224,12 @@ impl Controller {
     pub(crate) fn complete_unreserved(&mut self, sqid: u16, cid: u16, status: Status, dw0: u32) {
         let sqhd = self
             .sqs
-            .get(usize::from(sqid))
-            .and_then(Option::as_ref)
-            .map_or(0, |s| s.head);
+            .get_mut(usize::from(sqid))
+            .and_then(Option::as_mut)
+            .map_or(0, |s| {
+                s.published = s.head;
+                s.head
+            });
         let cqe = Cqe {
             dw0,
             dw1: 0,
@@ -1696,6 +1721,22 @@ pub fn io_error_status(e: IoError) -> Status {
     }
 }
 
+/// Whether SQ tail `tail` claims more new entries past our head `head` than the host can
+/// know to be free: the host learns about freed slots only from the SQ head of the CQEs
+/// it reads (at most `published`, the newest one posted), and may fill the queue up to one
+/// slot before that head. All values are `< size`.
+pub(crate) fn sq_overflow(tail: u16, head: u16, published: u16, size: u16) -> bool {
+    let (t, h, p, n) = (
+        u32::from(tail),
+        u32::from(head),
+        u32::from(published),
+        u32::from(size),
+    );
+    let new = (t + n - h) % n;
+    let room = (p + 2 * n - 1 - h) % n;
+    new > room
+}
+
 fn new_cq(size: u16, gpa: u64, ring: Option<Ring>, ien: bool, iv: u16) -> Cq {
     Cq {
         size,
@@ -1733,4 +1774,32 @@ pub fn store_doorbell(shared: &Shared, off: u64, data: &[u8]) {
     let mut b = [0u8; 4];
     b.copy_from_slice(data.get(..4).unwrap_or(&[0; 4]));
     shared.doorbells.store(idx, u32::from_le_bytes(b));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sq_overflow;
+
+    #[test]
+    fn sq_overflow_bounds() {
+        // Everything published: up to size - 1 new entries.
+        assert!(!sq_overflow(31, 0, 0, 32));
+        assert!(!sq_overflow(4, 5, 5, 32), "wrapping to one before the head");
+        assert!(
+            sq_overflow(5, 6, 5, 32),
+            "the host cannot know slot 5 is free"
+        );
+        // Fetched 10 entries, none completed yet: the host may add 21 more, not 22.
+        assert!(!sq_overflow(31, 10, 0, 32));
+        assert!(sq_overflow(0, 10, 0, 32));
+        // A stale tail behind the head while fetched commands are unanswered.
+        assert!(sq_overflow(12, 17, 10, 32));
+        assert!(
+            !sq_overflow(9, 17, 10, 32),
+            "up to one before the published head"
+        );
+        assert!(sq_overflow(16, 17, 16, 32));
+        // Everything answered: a tail behind the head is a valid (wrapping) submission.
+        assert!(!sq_overflow(16, 17, 17, 32));
+    }
 }

@@ -166,8 +166,16 @@ impl PciFunction for NvmeFunction {
     }
 
     fn reset(&mut self, _kind: ResetKind) -> Result<(), Errno> {
-        // Both FLR and DEVICE_RESET reset the NVMe controller (SPDK leaves a FIXME).
-        self.handle.reset().map_err(|_| Errno::IO)
+        // Both FLR and DEVICE_RESET reset the NVMe controller (SPDK leaves a FIXME). The
+        // endpoint then clears the command register without a `command_changed`: no DMA
+        // until the client sets bus master again.
+        self.bus_master = false;
+        self.handle
+            .call(true, |c| {
+                c.function_reset();
+                c.set_memory(None);
+            })
+            .map_err(|_| Errno::IO)
     }
 
     fn attach(&mut self, ctx: &DeviceContext) {

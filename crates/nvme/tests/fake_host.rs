@@ -1238,3 +1238,59 @@ fn intx_level_reads_shadow_cq_heads() {
     c.function_reset();
     assert!(!shared.intx_pending(Some(&mem)));
 }
+
+/// SQ overflow check: a tail claiming more entries than the host can know to be free
+/// (it learns freed slots only from the SQ head in CQEs) is an Invalid Doorbell Write, and
+/// the entries are not fetched. A stale tail that moved backwards while fetched commands
+/// are still unanswered is such a value: executing it would replay old or zeroed entries.
+#[test]
+fn sq_tail_overflow_is_refused_not_replayed() {
+    let (mut c, mut h) = ready();
+    let gate = Arc::new(AtomicU64::new(0));
+    let info = null(512, 1 << 20).info().clone();
+    let nsid = c
+        .add_namespace(None, Arc::new(Gate(gate.clone(), info)))
+        .unwrap();
+    let buf = h.alloc(4096);
+    for _ in 0..3 {
+        h.submit(&mut c, 1, rw(io::READ, nsid, 0, 1, buf, 0), false);
+    }
+    c.poll();
+    assert_eq!(c.inflight(), 3, "3 fetched, none answered");
+    let before = c.stats();
+    // Tail back to 1: that claims 62 new entries, the host can know of at most 60 free.
+    c.bar0_write(reg::DOORBELL_BASE + 8, &1u32.to_le_bytes())
+        .unwrap();
+    for _ in 0..5 {
+        c.poll();
+    }
+    let after = c.stats();
+    assert_eq!(after.io_commands, before.io_commands, "nothing replayed");
+    assert_eq!(
+        after.invalid_doorbell_writes,
+        before.invalid_doorbell_writes + 1
+    );
+    // The real tail again: the queue resumes and the three reads complete.
+    c.bar0_write(reg::DOORBELL_BASE + 8, &3u32.to_le_bytes())
+        .unwrap();
+    gate.store(3, Ordering::SeqCst);
+    for _ in 0..3 {
+        ok(h.wait(&mut c, 1));
+    }
+    // Everything answered: a full queue minus one is a valid submission.
+    let q = h.queues[1].clone().unwrap();
+    for i in 0..63u64 {
+        let slot = (3 + i) % 64;
+        h.write(q.sq + slot * 64, &rw(io::READ, 1, 0, 1, buf, 0).to_bytes());
+    }
+    c.bar0_write(reg::DOORBELL_BASE + 8, &2u32.to_le_bytes())
+        .unwrap();
+    for _ in 0..20 {
+        c.poll();
+    }
+    assert_eq!(c.stats().io_commands, after.io_commands + 63);
+    assert_eq!(
+        c.stats().invalid_doorbell_writes,
+        before.invalid_doorbell_writes + 1
+    );
+}
