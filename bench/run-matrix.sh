@@ -8,6 +8,7 @@
 #
 #   bench/run-matrix.sh                 # full matrix, 5 runs x 5 s per point
 #   RUNS=3 TIME=2 bench/run-matrix.sh --quick   # QD32 4 KiB randread only (null and RAM)
+#   SLUICE=/path/to/sluice PROBE=/path/to/ring_probe bench/run-matrix.sh --quick  # no build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,10 +19,15 @@ QUICK=0
 [[ "${1:-}" == "--quick" ]] && QUICK=1
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
-cargo build --release --bin sluice -p sluice >&2
-cargo build --release -p sluice-nvme-host --example ring_probe >&2
-SLUICE=$CARGO_TARGET_DIR/release/sluice
-PROBE=$CARGO_TARGET_DIR/release/examples/ring_probe
+# SLUICE / PROBE: use prebuilt binaries (e.g. to compare two builds) instead of building.
+if [[ -z "${SLUICE:-}" ]]; then
+  cargo build --release --bin sluice -p sluice >&2
+  SLUICE=$CARGO_TARGET_DIR/release/sluice
+fi
+if [[ -z "${PROBE:-}" ]]; then
+  cargo build --release -p sluice-nvme-host --example ring_probe >&2
+  PROBE=$CARGO_TARGET_DIR/release/examples/ring_probe
+fi
 
 WORK=$(mktemp -d /tmp/sluice-bench-target.XXXXXX)
 RPC=$WORK/rpc.sock

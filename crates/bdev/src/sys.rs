@@ -109,7 +109,7 @@ unsafe impl Send for RawBuf {}
 unsafe impl Sync for RawBuf {}
 
 impl RawBuf {
-    /// Map `len` zeroed bytes (lazily backed by the kernel).
+    /// Map `len` zeroed bytes, populated now (see `prepare`).
     pub fn new(len: usize) -> std::io::Result<Self> {
         if len == 0 {
             return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
@@ -127,7 +127,32 @@ impl RawBuf {
         .map_err(std::io::Error::from)?;
         let ptr = NonNull::new(p.cast::<u8>())
             .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::OutOfMemory))?;
-        Ok(RawBuf { ptr, len })
+        let buf = RawBuf { ptr, len };
+        buf.prepare();
+        Ok(buf)
+    }
+
+    /// Back the whole mapping with (preferably huge) pages now, on the creating thread,
+    /// instead of on first touch on the poll thread.
+    ///
+    /// Measured on the project VM (QD32 4 KiB randread on a 1 GiB disk): with lazily
+    /// faulted 4 KiB pages every I/O to a cold block paid a page fault (zero-page fault
+    /// on read, zero-fill on write) and random reads over the whole disk missed the TLB
+    /// on 4 KiB pages. `MADV_HUGEPAGE` (honoured when THP is `madvise` or `always`) cuts
+    /// the TLB misses; `MADV_POPULATE_WRITE` (Linux 5.14) allocates every page up front,
+    /// like SPDK's malloc bdev, which takes pinned, zeroed hugepage memory. Both are
+    /// best effort: on failure the pages are still faulted lazily (same data: zeroes).
+    fn prepare(&self) {
+        let p = self.ptr.as_ptr().cast::<std::ffi::c_void>();
+        // SAFETY: `p/len` is exactly our own mapping; these advices change only how the
+        // kernel backs it, not its contents (anonymous memory reads as zeroes either way).
+        let _ = unsafe { rustix::mm::madvise(p, self.len, rustix::mm::Advice::LinuxHugepage) };
+        // SAFETY: as above; populating writes no data (pages are zero-filled).
+        let populated =
+            unsafe { rustix::mm::madvise(p, self.len, rustix::mm::Advice::LinuxPopulateWrite) };
+        if let Err(e) = populated {
+            tracing::debug!(error = %e, len = self.len, "MADV_POPULATE_WRITE failed; pages fault on first use");
+        }
     }
 
     /// Size in bytes.
