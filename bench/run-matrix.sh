@@ -55,17 +55,40 @@ done
 
 # steal and total jiffies from the aggregate cpu line
 cpu_times() { awk '/^cpu /{t=0; for(i=2;i<=NF;i++) t+=$i; print $9, t}' /proc/stat; }
+# The target's poll thread: nanoseconds on CPU and involuntary context switches (times it
+# was preempted). With QD in flight, every preemption of a few ms delays up to QD I/Os,
+# which is what shows up in p99 / p99.9 on a loaded machine.
+POLL_TID=""
+for t in /proc/$SERVE_PID/task/*; do
+  [[ "$(cat "$t/comm" 2>/dev/null)" == sluice-poll-0 ]] && POLL_TID=$(basename "$t")
+done
+poll_times() {
+  if [[ -n "$POLL_TID" && -r /proc/$SERVE_PID/task/$POLL_TID/schedstat ]]; then
+    echo "$(cut -d' ' -f1 /proc/$SERVE_PID/task/$POLL_TID/schedstat)" \
+      "$(awk '/^nonvoluntary_ctxt_switches/{print $2}' /proc/$SERVE_PID/task/$POLL_TID/status)"
+  else
+    echo 0 0
+  fi
+}
 
 run_point() { # backend size workload qd run
   local b=$1 o=$2 w=$3 q=$4 r=$5 s0 t0 s1 t1
   read -r s0 t0 < <(cpu_times)
   local probe; probe=$("$PROBE" --depth 1 --depth 32 -t 1 --cores 0,1 | paste -sd, -)
+  local c0 n0 c1 n1 w0 w1
+  read -r c0 n0 < <(poll_times)
+  w0=$(date +%s%N)
   local perf; perf=$("$SLUICE" perf -r "trtype:VFIOUSER traddr:$WORK/$b" -q "$q" -o "$o" -w "$w" \
       -M 50 -t "$TIME" -c 0x2 --json --no-progress)
+  w1=$(date +%s%N)
+  read -r c1 n1 < <(poll_times)
   read -r s1 t1 < <(cpu_times)
-  printf '{"backend":"%s","io_size":%s,"workload":"%s","qd":%s,"run":%s,"probe":[%s],"steal_pct":%s,"perf":%s}\n' \
+  printf '{"backend":"%s","io_size":%s,"workload":"%s","qd":%s,"run":%s,"probe":[%s],"steal_pct":%s,"load1":%s,"poll_cpu_pct":%s,"poll_preempt":%s,"perf":%s}\n' \
     "$b" "$o" "$w" "$q" "$r" "$probe" \
     "$(awk -v a="$s0" -v b="$s1" -v c="$t0" -v d="$t1" 'BEGIN{ if (d>c) printf "%.2f", 100*(b-a)/(d-c); else print 0 }')" \
+    "$(cut -d' ' -f1 /proc/loadavg)" \
+    "$(awk -v a="$c0" -v b="$c1" -v c="$w0" -v d="$w1" 'BEGIN{ if (d>c) printf "%.1f", 100*(b-a)/(d-c); else print 0 }')" \
+    "$((n1 - n0))" \
     "$(echo "$perf" | tr -d '\n')" >>"$OUT/runs.jsonl"
 }
 
