@@ -65,6 +65,7 @@ fn main() -> ExitCode {
 fn rpc_main(args: &[String]) -> ExitCode {
     let mut socket = sluice::client::DEFAULT_SOCKET.to_owned();
     let mut timeout = 60.0f64;
+    let mut port: Option<String> = None;
     let mut i = 0usize;
     let usage = "usage: sluice rpc [-s SOCKET] [-t TIMEOUT] METHOD [ARGS...]";
     while let Some(a) = args.get(i) {
@@ -75,6 +76,16 @@ fn rpc_main(args: &[String]) -> ExitCode {
                     return ExitCode::FAILURE;
                 };
                 socket = v.clone();
+                i += 2;
+            }
+            // rpc.py's TCP port (used with `-s <ip address>`): accepted so that the
+            // error below names the real problem instead of taking `-p` as the method.
+            "-p" | "--port" => {
+                let Some(v) = args.get(i + 1) else {
+                    eprintln!("sluice rpc: -p expects a port number\n{usage}");
+                    return ExitCode::FAILURE;
+                };
+                port = Some(v.clone());
                 i += 2;
             }
             "-t" | "--timeout" => {
@@ -101,7 +112,11 @@ fn rpc_main(args: &[String]) -> ExitCode {
     };
     let rest = args.get(i + 1..).unwrap_or(&[]);
     if !sluice::client::is_unix_path(&socket) {
-        eprintln!("sluice rpc: -s must be a Unix socket path (got '{socket}')");
+        let addr = port.map_or_else(|| socket.clone(), |p| format!("{socket} port {p}"));
+        eprintln!(
+            "sluice rpc: -s {addr}: TCP JSON-RPC is not supported: Unix socket path expected \
+             (sluice serve -r PATH; e.g. -s /var/tmp/sluice.sock)"
+        );
         return ExitCode::FAILURE;
     }
     if !(timeout.is_finite() && timeout > 0.0) {
