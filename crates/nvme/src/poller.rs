@@ -14,7 +14,7 @@ use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use crate::ctrl::{
     check_bar0_access, store_doorbell, BarError, Controller, ControllerStats, InterruptSink,
@@ -30,7 +30,6 @@ enum Msg {
     Attach(u64, Box<Controller>),
     Detach(u64, Sender<Option<Box<Controller>>>),
     Run { id: u64, quiesce: bool, job: Job },
-    Wake,
     Stop,
 }
 
@@ -43,6 +42,8 @@ struct Entry {
 #[derive(Debug, Default)]
 struct PollerShared {
     sleeping: AtomicBool,
+    /// The thread inside [`Poller::run`], unparked by [`PollerHandle::wake`].
+    thread: std::sync::OnceLock<std::thread::Thread>,
     next_id: AtomicU64,
     controllers: AtomicUsize,
 }
@@ -52,8 +53,12 @@ struct PollerShared {
 pub enum PollMode {
     /// Spin forever.
     Busy,
-    /// Spin while busy; after `spin_polls` idle polls, sleep with exponential backoff up
-    /// to `max_sleep`; a control message or trapped doorbell wakes the thread at once.
+    /// Spin while busy; after `spin_polls` idle polls, sleep with exponential backoff
+    /// (1 us doubling) up to `max_sleep`; a control message or trapped doorbell wakes the
+    /// thread at once, a doorbell written through the mapped page is seen at the next
+    /// wake-up (so `max_sleep` is the worst added latency of the first command after an
+    /// idle period). Default: 10 000 polls (~1-2 ms of spinning after the last work),
+    /// `max_sleep` 2 ms; see the crate docs for the measured trade-off.
     Adaptive {
         /// Idle polls before the first sleep.
         spin_polls: u32,
@@ -66,7 +71,7 @@ impl Default for PollMode {
     fn default() -> Self {
         PollMode::Adaptive {
             spin_polls: 10_000,
-            max_sleep: Duration::from_millis(1),
+            max_sleep: Duration::from_millis(2),
         }
     }
 }
@@ -77,6 +82,8 @@ pub struct Poller {
     entries: Vec<Entry>,
     shared: Arc<PollerShared>,
     stop: bool,
+    /// Messages handled so far (a sleeping `run` tells a wake-up by message from a timeout).
+    handled: u64,
 }
 
 impl std::fmt::Debug for Poller {
@@ -110,12 +117,14 @@ impl Poller {
                 entries: Vec::new(),
                 shared: Arc::clone(&shared),
                 stop: false,
+                handled: 0,
             },
             PollerHandle { tx, shared },
         )
     }
 
     fn handle(&mut self, m: Msg) {
+        self.handled = self.handled.wrapping_add(1);
         match m {
             Msg::Attach(id, ctrl) => self.entries.push(Entry {
                 id,
@@ -144,7 +153,6 @@ impl Poller {
                 // Unknown id: dropping the job drops its reply sender; the caller sees
                 // PollerGone.
             }
-            Msg::Wake => {}
             Msg::Stop => self.stop = true,
         }
     }
@@ -185,6 +193,7 @@ impl Poller {
 
     /// Run until [`PollerHandle::stop`].
     pub fn run(&mut self, mode: PollMode) {
+        let _ = self.shared.thread.set(std::thread::current());
         let mut idle = 0u32;
         let mut sleep = Duration::from_micros(1);
         while !self.stop {
@@ -206,30 +215,28 @@ impl Poller {
                 std::hint::spin_loop();
                 continue;
             }
+            let handled = self.handled;
             self.shared.sleeping.store(true, Ordering::SeqCst);
             fence(Ordering::SeqCst);
-            // Re-check after announcing sleep so a doorbell stored just before is seen.
-            if self.poll_once() > 0 {
+            // Re-check after announcing sleep so a doorbell stored or a message sent just
+            // before is seen (later ones unpark us).
+            if self.poll_once() > 0 || self.handled != handled {
                 self.shared.sleeping.store(false, Ordering::SeqCst);
                 idle = 0;
+                sleep = Duration::from_micros(1);
                 continue;
             }
-            match self.rx.recv_timeout(sleep) {
-                Ok(m) => {
-                    self.handle(m);
-                    idle = 0;
-                    sleep = Duration::from_micros(1);
-                }
-                Err(RecvTimeoutError::Timeout) => sleep = (sleep * 2).min(max_sleep),
-                Err(RecvTimeoutError::Disconnected) => {
-                    if self.entries.is_empty() {
-                        self.stop = true;
-                    } else {
-                        std::thread::sleep(sleep);
-                    }
-                }
-            }
+            // Park, not a channel receive: crossbeam's `recv_timeout` spins and yields
+            // before it blocks, which cost an idle poll thread about 1.5x the CPU
+            // (benches/poll_idle.rs).
+            std::thread::park_timeout(sleep);
             self.shared.sleeping.store(false, Ordering::SeqCst);
+            if self.poll_once() > 0 || self.handled != handled {
+                idle = 0;
+                sleep = Duration::from_micros(1);
+            } else {
+                sleep = (sleep * 2).min(max_sleep);
+            }
         }
     }
 }
@@ -259,12 +266,15 @@ impl PollerHandle {
     /// Ask the poll thread to return from [`Poller::run`].
     pub fn stop(&self) {
         let _ = self.tx.send(Msg::Stop);
+        self.wake();
     }
 
     fn wake(&self) {
         fence(Ordering::SeqCst);
         if self.shared.sleeping.load(Ordering::SeqCst) {
-            let _ = self.tx.send(Msg::Wake);
+            if let Some(t) = self.shared.thread.get() {
+                t.unpark();
+            }
         }
     }
 }

@@ -1294,3 +1294,50 @@ fn sq_tail_overflow_is_refused_not_replayed() {
         before.invalid_doorbell_writes + 1
     );
 }
+
+/// A parked poller (here with a 30 s longest sleep) is unparked at once by control
+/// messages, trapped doorbell writes and `stop`; a doorbell written only into the page
+/// is picked up by the next timed wake-up.
+#[test]
+fn parked_poller_wakes_on_messages_and_trapped_doorbells() {
+    let (mut poller, handle) = Poller::new();
+    let t = std::thread::spawn(move || {
+        poller.run(PollMode::Adaptive {
+            spin_polls: 10,
+            max_sleep: Duration::from_secs(30),
+        })
+    });
+    let c = Controller::new(
+        ControllerConfig {
+            mappable_bar0: false,
+            ..Default::default()
+        },
+        Arc::new(NoInterrupts),
+    )
+    .unwrap();
+    let mut ch = handle.attach(c).unwrap();
+    ch.add_namespace(Some(1), malloc(512, 1024, 7)).unwrap();
+    let mut h = FakeHost::new(4 << 20);
+    h.timeout = Duration::from_secs(10);
+    assert_eq!(h.enable(&mut ch, 16) & 1, 1);
+    assert!(h.create_pair(&mut ch, 1, 32));
+    let buf = h.alloc(4096);
+    // Parks last 1, 2, 4 ... us: after 1.2 s idle the thread is in a park that started
+    // at ~1.05 s and would last until ~2.1 s.
+    std::thread::sleep(Duration::from_millis(1200));
+    let t0 = std::time::Instant::now();
+    ch.stats().unwrap();
+    assert!(t0.elapsed() < Duration::from_millis(300), "message unparks");
+    std::thread::sleep(Duration::from_millis(1200));
+    let t0 = std::time::Instant::now();
+    ok(h.io(&mut ch, 1, rw(io::READ, 1, 1, 1, buf, 0)));
+    assert!(
+        t0.elapsed() < Duration::from_millis(300),
+        "trapped doorbell unparks"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    let t0 = std::time::Instant::now();
+    handle.stop();
+    t.join().unwrap();
+    assert!(t0.elapsed() < Duration::from_millis(300), "stop unparks");
+}
