@@ -49,6 +49,13 @@ struct Live {
     handle: ControllerHandle,
 }
 
+impl Live {
+    /// Whether a host has the controller enabled (CSTS.RDY): its admin queue pair exists.
+    fn enabled(&self) -> bool {
+        self.handle.shared().csts() & 1 == 1
+    }
+}
+
 /// The NVMe data plane.
 pub struct NvmePlane {
     pollers: Vec<PollThread>,
@@ -338,10 +345,13 @@ impl DataPlane for NvmePlane {
             .iter()
             .enumerate()
             .map(|(i, p)| {
+                let mut placed = 0u64;
                 let mut admin = 0u64;
                 let mut t = sluice_nvme::ControllerStats::default();
                 for l in live.iter().filter(|l| l.poller == i) {
-                    admin += 1;
+                    placed += 1;
+                    // The admin queue pair exists while a host has the controller enabled.
+                    admin += u64::from(l.enabled());
                     if let Ok(s) = l.handle.stats() {
                         t.admin_commands += s.admin_commands;
                         t.io_commands += s.io_commands;
@@ -357,7 +367,9 @@ impl DataPlane for NvmePlane {
                 json!({
                     "name": format!("nvmf_tgt_poll_group_{i:03}"),
                     "cpu": p.cpu,
+                    "controllers": placed,
                     "admin_qpairs": admin,
+                    // sluice-nvme does not expose the number of live I/O queues yet.
                     "io_qpairs": 0,
                     "current_admin_qpairs": admin,
                     "current_io_qpairs": 0,
@@ -455,9 +467,9 @@ impl Endpoint for NvmeEndpoint {
 
     fn controller(&self) -> Option<ControllerInfo> {
         let live = self.live.as_ref()?;
-        let csts = live.handle.shared().csts();
-        (csts & 1 == 1).then_some(ControllerInfo {
+        live.enabled().then_some(ControllerInfo {
             cntlid: live.cntlid,
+            // Not exposed by sluice-nvme yet (no I/O queue count accessor).
             num_io_qpairs: 0,
         })
     }

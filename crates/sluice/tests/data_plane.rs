@@ -311,10 +311,103 @@ fn controllers_are_placed_on_the_least_loaded_poll_thread() {
     assert_eq!(groups.len(), 2, "{stats}");
     for g in groups {
         assert_eq!(
-            g["current_admin_qpairs"], 1,
+            g["controllers"], 1,
             "one controller per poll thread: {stats}"
         );
+        assert_eq!(g["current_admin_qpairs"], 0, "no host attached: {stats}");
     }
     assert_eq!(groups[0]["cpu"], 0);
     assert_eq!(groups[1]["cpu"], 1);
+}
+
+/// A null-bdev target on its own listener, created with extra `nvmf_create_transport`
+/// flags.
+fn null_target(d: &Daemon, transport_flags: &[&str]) -> std::path::PathBuf {
+    let dir = d.mkdir("vfu");
+    let mut t = vec!["nvmf_create_transport", "-t", "VFIOUSER"];
+    t.extend_from_slice(transport_flags);
+    d.rpc_ok(&t);
+    d.rpc_ok(&["bdev_null_create", "Null0", "16", "512"]);
+    d.rpc_ok(&["nvmf_create_subsystem", "-a", "-s", "SN0", NQN]);
+    d.rpc_ok(&["nvmf_subsystem_add_ns", NQN, "Null0"]);
+    d.rpc_ok(&[
+        "nvmf_subsystem_add_listener",
+        NQN,
+        "-t",
+        "VFIOUSER",
+        "-a",
+        dir.to_str().unwrap(),
+    ]);
+    dir.join("cntrl")
+}
+
+fn transport_stat(stats: &serde_json::Value, key: &str) -> u64 {
+    stats["poll_groups"][0]["transports"][0][key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {key}: {stats}"))
+}
+
+/// Shadow doorbells (Doorbell Buffer Config) in use show in `nvmf_get_stats`
+/// (`shadow_doorbell_reads`, what the VM test reads); I/O and admin counters move and the
+/// admin queue pair counts only while a host has the controller enabled.
+#[test]
+fn get_stats_counts_io_and_shadow_doorbells() {
+    let d = Daemon::start(&[]);
+    // As SPDK: shadow doorbells are offered only with a trapped BAR0 (-M).
+    let sock = null_target(&d, &["-M"]);
+    let before = d.rpc_json(&["nvmf_get_stats"]);
+    assert_eq!(
+        before["poll_groups"][0]["current_admin_qpairs"], 0,
+        "{before}"
+    );
+    assert_eq!(transport_stat(&before, "shadow_doorbell_reads"), 0);
+    let mut c = connect(&sock);
+    c.set_num_queues(1, 1).unwrap();
+    c.enable_shadow_doorbells().unwrap();
+    let mut qp = c.create_io_queue_pair(1, 32, None).unwrap();
+    let buf = c.alloc(BS * u64::from(NLB)).unwrap();
+    for lba in 0..4u64 {
+        qp.read_blocks(1, lba * 8, NLB, BS, &buf).unwrap();
+    }
+    let stats = d.rpc_json(&["nvmf_get_stats"]);
+    let g = &stats["poll_groups"][0];
+    assert_eq!(g["current_admin_qpairs"], 1, "{stats}");
+    assert!(g["completed_nvme_io"].as_u64().unwrap() >= 4, "{stats}");
+    assert!(transport_stat(&stats, "io_commands") >= 4, "{stats}");
+    // Identify, Set Features, DBBUF config, Create CQ/SQ at least.
+    assert!(transport_stat(&stats, "admin_commands") >= 4, "{stats}");
+    assert!(
+        transport_stat(&stats, "shadow_doorbell_reads") > 0,
+        "shadow doorbells in use but not counted: {stats}"
+    );
+    let ctrls = d.rpc_json(&["nvmf_subsystem_get_controllers", NQN]);
+    assert_eq!(ctrls.as_array().unwrap().len(), 1, "{ctrls}");
+    drop(qp);
+    let _ = c.shutdown(false);
+}
+
+/// Negative: with `-M -S` (trapped BAR0, disable_shadow_doorbells) the host cannot configure them and the
+/// counter stays 0 while I/O still works and is counted.
+#[test]
+fn get_stats_shadow_counter_stays_zero_without_shadow_doorbells() {
+    let d = Daemon::start(&[]);
+    let sock = null_target(&d, &["-M", "-S"]);
+    let mut c = connect(&sock);
+    c.set_num_queues(1, 1).unwrap();
+    assert!(
+        c.enable_shadow_doorbells().is_err(),
+        "Doorbell Buffer Config accepted with -S"
+    );
+    let mut qp = c.create_io_queue_pair(1, 32, None).unwrap();
+    let buf = c.alloc(BS * u64::from(NLB)).unwrap();
+    qp.read_blocks(1, 0, NLB, BS, &buf).unwrap();
+    let stats = d.rpc_json(&["nvmf_get_stats"]);
+    assert!(transport_stat(&stats, "io_commands") >= 1, "{stats}");
+    assert_eq!(
+        transport_stat(&stats, "shadow_doorbell_reads"),
+        0,
+        "{stats}"
+    );
+    drop(qp);
+    let _ = c.shutdown(false);
 }
