@@ -60,9 +60,23 @@ pub(crate) struct UringChannel {
 impl UringChannel {
     pub(crate) fn new(shared: Arc<FileShared>) -> std::io::Result<Self> {
         let qd = shared.info.max_queue_depth.max(1);
-        let ring = IoUring::builder()
+        // COOP_TASKRUN (Linux 5.19): completions are not pushed to this thread with an
+        // interrupt (IPI + signal-style task-work run) while it busy-polls; they are
+        // posted at its next io_uring_enter. TASKRUN_FLAG makes the kernel raise
+        // IORING_SQ_TASKRUN when such work waits, so `poll` enters only when it must.
+        // Older kernels refuse the flags (EINVAL): fall back to a plain ring.
+        let ring = match IoUring::builder()
             .setup_cqsize(qd.saturating_mul(2))
-            .build(qd)?;
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .build(qd)
+        {
+            Ok(r) => r,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::builder()
+                .setup_cqsize(qd.saturating_mul(2))
+                .build(qd)?,
+            Err(e) => return Err(e),
+        };
         let direct = shared
             .direct
             .as_ref()
@@ -276,6 +290,16 @@ impl IoChannel for UringChannel {
     }
 
     fn poll(&mut self, done: &mut dyn FnMut(IoCompletion)) -> usize {
+        if self.unsubmitted == 0
+            && self.busy > 0
+            && self.ring.completion().is_empty()
+            && self.ring.submission().taskrun()
+        {
+            // Completions wait as task work (COOP_TASKRUN): one enter posts them.
+            if let Err(e) = self.ring.submit() {
+                tracing::debug!(error = %e, "io_uring enter for task work");
+            }
+        }
         self.flush_sq();
         self.reap();
         // A retry (punch after zero-range) may have been pushed while reaping.
