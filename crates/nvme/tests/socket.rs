@@ -252,6 +252,9 @@ fn bring_up_identify_io_and_msix_over_socket() {
     r.buf.read(DATA, &mut idc).unwrap();
     assert_eq!(u16::from_le_bytes([idc[0], idc[1]]), 0x4e58);
     assert_eq!(idc[77], 5);
+    // The CQE is visible before the poll thread fires the vector; a control round trip
+    // runs after that poll iteration.
+    r.control.stats().unwrap();
     assert!(
         read_eventfd(&efds[0]) >= 1,
         "admin completion interrupt on vector 0"
@@ -273,6 +276,7 @@ fn bring_up_identify_io_and_msix_over_socket() {
     let mut back = vec![0u8; 8192];
     r.buf.read(DATA + 0x4000, &mut back).unwrap();
     assert_eq!(back, pattern);
+    r.control.stats().unwrap();
     assert!(
         read_eventfd(&efds[1]) >= 1,
         "I/O completion interrupt on vector 1"
@@ -479,4 +483,57 @@ fn flr_then_power_off_mapped_doorbells() {
 #[test]
 fn flr_then_power_off_trapped_doorbells() {
     flr_then_power_off(false);
+}
+
+/// INTx through sluice-pci's UNMASK protocol: at UNMASK the endpoint asks the NVMe
+/// function's level (an interrupt-enabled CQ with entries the host has not consumed), so a
+/// pulse held for work the guest already consumed is not re-delivered (the "irq nobody
+/// cared" storm), and unconsumed work is re-delivered even without a held pulse.
+#[test]
+fn intx_follows_the_cq_level_at_unmask() {
+    use vfu_server::proto::{IRQ_SET_ACTION_UNMASK, IRQ_SET_DATA_NONE};
+    const INTX: u32 = 0;
+    let mut r = rig(true);
+    let efd = eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC).unwrap();
+    r.client.set_irq_eventfds(INTX, 0, &[efd.as_fd()]).unwrap();
+    let unmask = |r: &Rig| {
+        r.client
+            .set_irqs(INTX, IRQ_SET_DATA_NONE | IRQ_SET_ACTION_UNMASK, 0, 1, &[])
+            .unwrap();
+    };
+    r.enable();
+    // Two completions, both consumed: the first is delivered, the second is held while
+    // INTx is auto-masked.
+    let mut s = with_prps(sqe(admin::IDENTIFY, 0), DATA, 0);
+    s.dw[10] = 1;
+    assert_eq!(r.submit(0, s).1, 0);
+    assert_eq!(r.submit(0, sqe(admin::KEEP_ALIVE, 0)).1, 0);
+    // Wait until the poll thread has fired for the second CQE (it is visible first).
+    assert_eq!(r.control.stats().unwrap().interrupts, 2);
+    assert_eq!(read_eventfd(&efd), 1, "one INTx while masked");
+    unmask(&r);
+    assert_eq!(read_eventfd(&efd), 0, "consumed: the held pulse is dropped");
+    // A completion the host leaves in the CQ.
+    r.cid = r.cid.wrapping_add(1);
+    let mut s = sqe(admin::KEEP_ALIVE, 0);
+    s.dw[0] |= u32::from(r.cid) << 16;
+    r.buf
+        .write(ASQ + u64::from(r.sq[0]) * 64, &s.to_bytes())
+        .unwrap();
+    r.sq[0] = (r.sq[0] + 1) % QSIZE;
+    r.doorbell(0, u32::from(r.sq[0]));
+    let start = Instant::now();
+    while read_eventfd(&efd) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(5), "no INTx");
+        std::thread::yield_now();
+    }
+    unmask(&r);
+    assert_eq!(read_eventfd(&efd), 1, "unconsumed: re-delivered at UNMASK");
+    unmask(&r);
+    assert_eq!(read_eventfd(&efd), 1, "still unconsumed: again");
+    // The host consumes it (CQ head doorbell); the next UNMASK delivers nothing.
+    r.cq[0] = (r.cq[0] + 1) % QSIZE;
+    r.doorbell(1, u32::from(r.cq[0]));
+    unmask(&r);
+    assert_eq!(read_eventfd(&efd), 0, "consumed: level low");
 }
