@@ -57,13 +57,23 @@
 //! * SGLS advertises "supported, no alignment requirement" (SPDK: dword aligned).
 //! * CQ head doorbell values beyond the queue size raise the Invalid Doorbell Write AER,
 //!   like SQ tails (SPDK does not check CQ heads).
+//! * An SQ tail doorbell that claims more new entries than the host can know to be free
+//!   (it learns freed slots only from the SQ head of the CQEs posted so far) is an
+//!   Invalid Doorbell Write (SQ overflow): the entries are not fetched. A stale tail that
+//!   moved backwards while fetched commands are unanswered is caught this way instead of
+//!   replaying old or zeroed entries.
+//! * INTx is level-triggered through `PciFunction::intx_level`: asserted while an
+//!   interrupt-enabled CQ holds entries the host has not consumed (per-CQ tail mirrors
+//!   against the CQ head doorbells or shadow doorbells), so a pulse for already-consumed
+//!   work is not re-delivered at UNMASK.
 //! * Interrupt Coalescing (0x08) is changeable and honoured (threshold and time), and
 //!   Interrupt Vector Configuration (0x09) is settable (coalescing disable per vector); SPDK
 //!   reports 0x08 as not changeable. Get Features SEL=3 (capabilities) is implemented.
 //! * Number of Queues: the first Set after a reset allocates min(requested, max); later Sets
 //!   report the same allocation, and queue ids beyond it are refused (SPDK ignores the
 //!   request and always reports the maximum).
-//! * FLR and DEVICE_RESET reset the NVMe controller (SPDK only drops shadow doorbells).
+//! * FLR and DEVICE_RESET reset the NVMe controller (SPDK only drops shadow doorbells),
+//!   clear every doorbell, and stop DMA until the client sets bus master again.
 //! * Delete I/O SQ and controller disable wait for the backend to finish in-flight commands
 //!   (they cannot be cancelled); completions of a deleted SQ are not posted.
 //! * The admin queue uses the depth programmed in AQA (SPDK caps its request pool at 32).
