@@ -17,15 +17,19 @@ export CARGO_PROFILE_RELEASE_DEBUG_ASSERTIONS=true CARGO_PROFILE_RELEASE_OVERFLO
 t_start=$(date +%s)
 summary=()
 failed=()
+# Each stage's output is also kept in target/ci-logs/<stage>.log (the summary greps them).
+LOG_DIR=${CARGO_TARGET_DIR:-target}/ci-logs
+mkdir -p "$LOG_DIR" && rm -f -- "$LOG_DIR"/*.log
+echo "test.sh: $(date -u +%FT%TZ) on $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $(cargo --version); logs in $LOG_DIR"
 
 # stage NAME TIMEOUT_SECS CMD...: runs one stage, timed, under a hard limit.
 stage() {
     local name=$1 limit=$2 t0 rc dt
     shift 2
     t0=$(date +%s)
-    printf '\n==== %s  stage: %s ====\n' "$(date -u +%FT%TZ)" "$name"
-    timeout --kill-after=30 "$limit" "$@"
-    rc=$?
+    printf '\n==== %s  stage: %s (load %s) ====\n' "$(date -u +%FT%TZ)" "$name" "$(cut -d' ' -f1-3 /proc/loadavg)"
+    timeout --kill-after=30 "$limit" "$@" 2>&1 | tee "$LOG_DIR/$name.log"
+    rc=${PIPESTATUS[0]}
     dt=$(($(date +%s) - t0))
     if [ "$rc" = 0 ]; then
         summary+=("$(printf '%-14s ok      %4dm%02ds' "$name" $((dt / 60)) $((dt % 60)))")
@@ -42,6 +46,8 @@ finish() {
     local total=$(($(date +%s) - t_start))
     printf '\n==== summary ====\n'
     printf '%s\n' "${summary[@]}"
+    # Failing tests by name (libtest prints "test NAME ... FAILED"; fuzz findings name the target).
+    grep -hE '^test .* \.\.\. FAILED$|^fuzz: FAILED' "$LOG_DIR"/*.log 2>/dev/null | sed 's/^/failed: /' || true
     if [ "${#failed[@]}" -eq 0 ]; then
         printf 'TEST SUMMARY: PASS: all %d stages passed in %dm%02ds\n' "${#summary[@]}" $((total / 60)) $((total % 60))
         exit 0
