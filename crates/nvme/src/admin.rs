@@ -72,7 +72,10 @@ impl Controller {
                 Ok(None)
             }
             admin::ABORT => Ok(Some(1)), // bit 0 set: command not aborted
-            admin::KEEP_ALIVE => Ok(Some(0)),
+            admin::KEEP_ALIVE => {
+                self.touch_keep_alive();
+                Ok(Some(0))
+            }
             admin::DOORBELL_BUFFER_CONFIG if self.cfg.dbbuf_enabled() => self.admin_dbbuf(sqe),
             _ => Err(Status::INVALID_OPCODE),
         }
@@ -451,7 +454,7 @@ impl Controller {
             }
             feat::WRITE_ATOMICITY => self.feat.write_atomicity = v & 1,
             feat::ASYNC_EVENT_CONFIG => self.feat.async_event_config = v & 0x1ff,
-            feat::KEEP_ALIVE_TIMER => self.feat.kato = v,
+            feat::KEEP_ALIVE_TIMER => self.feat.kato = self.set_keep_alive(v),
             feat::HOST_ID => {
                 if v & 1 == 0 {
                     return Err(Status::INVALID_FIELD); // only the 128-bit identifier

@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::debug;
 
@@ -495,7 +495,14 @@ pub struct Controller {
     pub(crate) created: Instant,
     ready: bool,
     completions_buf: Vec<IoCompletion>,
+    /// Keep Alive Timer: (timeout, deadline) while KATO is non-zero.
+    pub(crate) keep_alive: Option<(Duration, Instant)>,
+    /// Polls since the keep-alive deadline was last compared with the clock.
+    ka_polls: u32,
 }
+
+/// Keep Alive granularity (Identify KAS = 100: 100 x 100 ms, like SPDK).
+pub const KEEP_ALIVE_GRANULARITY_MS: u32 = 10_000;
 
 impl std::fmt::Debug for Controller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -556,6 +563,8 @@ impl Controller {
             created: Instant::now(),
             ready: false,
             completions_buf: Vec::with_capacity(256),
+            keep_alive: None,
+            ka_polls: 0,
             cfg,
         })
     }
@@ -740,6 +749,7 @@ impl Controller {
         self.aer.notice_masked = false;
         self.aer.error_masked = false;
         self.admin_backlog.clear();
+        self.keep_alive = None;
         self.shadow = None;
         self.shared.set_shadow_db(0);
         for qid in 0..self.cqs.len() {
@@ -1080,6 +1090,42 @@ impl Controller {
             .map_or(0, |sq| sq.published)
     }
 
+    /// Set Features Keep Alive Timer: `kato` ms rounded up to the granularity (0: off).
+    /// Returns the value in use.
+    pub(crate) fn set_keep_alive(&mut self, kato: u32) -> u32 {
+        let g = KEEP_ALIVE_GRANULARITY_MS;
+        let used = kato.div_ceil(g).saturating_mul(g);
+        self.keep_alive = (used != 0).then(|| {
+            let t = Duration::from_millis(u64::from(used));
+            (t, Instant::now() + t)
+        });
+        used
+    }
+
+    /// A Keep Alive command restarts the timer.
+    pub(crate) fn touch_keep_alive(&mut self) {
+        if let Some((t, d)) = self.keep_alive.as_mut() {
+            *d = Instant::now() + *t;
+        }
+    }
+
+    #[cold]
+    fn check_keep_alive(&mut self) {
+        self.ka_polls = self.ka_polls.wrapping_add(1);
+        if self.ka_polls % 1024 != 0 {
+            return;
+        }
+        if let Some((_, deadline)) = self.keep_alive {
+            if Instant::now() >= deadline && self.ready {
+                // NVMe 2.0 3.9: the controller stops processing commands and reports a
+                // fatal status; the host resets it.
+                self.keep_alive = None;
+                self.ready = false;
+                self.fail("keep alive timer expired");
+            }
+        }
+    }
+
     fn invalid_doorbell(&mut self, qid: u16, what: &'static str) {
         debug!(qid, what, "nvme: invalid doorbell write");
         self.stats.invalid_doorbell_writes += 1;
@@ -1101,6 +1147,9 @@ impl Controller {
     /// Like [`poll`](Self::poll) but, with `quiescing`, fetches no new commands.
     pub fn poll_with(&mut self, quiescing: bool) -> usize {
         let mut work = 0;
+        if self.keep_alive.is_some() {
+            self.check_keep_alive();
+        }
         if self.ready && !quiescing {
             let n = self.active_sqs.len();
             let mut i = 0;
@@ -1778,7 +1827,80 @@ pub fn store_doorbell(shared: &Shared, off: u64, data: &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    use super::sq_overflow;
+    use super::{sq_overflow, Controller, ControllerConfig, NoInterrupts};
+    use crate::spec::{admin, feat, reg};
+    use crate::testkit::{sqe, FakeHost};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    fn kato(h: &mut FakeHost, c: &mut Controller, set: Option<u32>) -> u32 {
+        let mut s = sqe(
+            if set.is_some() {
+                admin::SET_FEATURES
+            } else {
+                admin::GET_FEATURES
+            },
+            0,
+        );
+        s.dw[10] = u32::from(feat::KEEP_ALIVE_TIMER);
+        s.dw[11] = set.unwrap_or(0);
+        let c = h.admin(c, s).unwrap();
+        assert!(c.status.is_success());
+        c.dw0
+    }
+
+    /// Forces the deadline into the past (the real timeout is 10 s or more).
+    fn expire(c: &mut Controller) {
+        let past = Instant::now()
+            .checked_sub(Duration::from_millis(1))
+            .unwrap();
+        c.keep_alive.as_mut().unwrap().1 = past;
+    }
+
+    fn polls(c: &mut Controller) {
+        for _ in 0..2048 {
+            c.poll();
+        }
+    }
+
+    #[test]
+    fn keep_alive_timer() {
+        let mut c = Controller::new(ControllerConfig::default(), Arc::new(NoInterrupts)).unwrap();
+        let mut h = FakeHost::new(4 << 20);
+        assert_eq!(h.enable(&mut c, 16) & 3, 1);
+        let csts = |c: &Controller| c.shared().read_reg32(reg::CSTS);
+        // Off by default: nothing expires.
+        assert!(c.keep_alive.is_none());
+        polls(&mut c);
+        // Rounded up to the 10 s granularity, reported as used.
+        kato(&mut h, &mut c, Some(1500));
+        assert_eq!(kato(&mut h, &mut c, None), 10_000);
+        let (t, d) = c.keep_alive.unwrap();
+        assert_eq!(t, Duration::from_secs(10));
+        assert!(d > Instant::now() + Duration::from_secs(9));
+        // A Keep Alive command restarts an (about to expire) timer.
+        expire(&mut c);
+        let ka = h.admin(&mut c, sqe(admin::KEEP_ALIVE, 0)).unwrap();
+        assert!(ka.status.is_success());
+        polls(&mut c);
+        assert_eq!(csts(&c) & 2, 0, "no CFS after Keep Alive");
+        // KATO 0 disables it.
+        kato(&mut h, &mut c, Some(0));
+        assert!(c.keep_alive.is_none());
+        // Expiry: fatal status, commands no longer processed.
+        kato(&mut h, &mut c, Some(10_000));
+        expire(&mut c);
+        polls(&mut c);
+        assert_eq!(csts(&c) & 3, 3, "RDY and CFS");
+        h.submit(&mut c, 0, sqe(admin::KEEP_ALIVE, 0), false);
+        polls(&mut c);
+        assert!(h.try_reap(&mut c, 0).is_none(), "stopped processing");
+        // A controller reset clears it.
+        c.bar0_write(reg::CC, &0u32.to_le_bytes()).unwrap();
+        assert!(c.keep_alive.is_none());
+        let mut h2 = FakeHost::with_memory(h.mem.clone(), 2 << 20, 4 << 20);
+        assert_eq!(h2.enable(&mut c, 16) & 3, 1, "RDY without CFS after reset");
+    }
 
     #[test]
     fn sq_overflow_bounds() {

@@ -334,7 +334,7 @@ fn features_round_trip_and_errors() {
         (feat::INT_COALESCING, 0x0a04),
         (feat::WRITE_ATOMICITY, 1),
         (feat::ASYNC_EVENT_CONFIG, 0x100),
-        (feat::KEEP_ALIVE_TIMER, 5000),
+        (feat::KEEP_ALIVE_TIMER, 20_000),
         (feat::VOLATILE_WC, 0),
     ] {
         ok(h.admin(&mut c, set(fid, v)));
