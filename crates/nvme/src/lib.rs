@@ -81,7 +81,7 @@
 //!   hours, media and error-log counts) and a constant 313 K composite temperature.
 //! * Keep Alive Timer: KATO is rounded up to the 10 s granularity (KAS = 100) and reported
 //!   as used; on expiry the controller stops fetching commands and sets CSTS.CFS until a
-//!   reset. Linux never sets KATO on PCIe; SPDK's vfio-user target does not run the timer.
+//!   reset. (Linux does not set KATO for PCIe controllers.)
 //! * Abort always answers "command not aborted" (dword 0 bit 0 = 1).
 //! * Commands whose buffers lie in fd-less DMA regions (reachable only by DMA_READ/WRITE
 //!   messages) fail with Data Transfer Error: nothing is bounced.
