@@ -60,6 +60,9 @@ pub trait Endpoint: Send {
     fn socket_path(&self) -> &Path;
     /// The controller of the attached client, if any.
     fn controller(&self) -> Option<ControllerInfo>;
+    /// Ask the endpoint to stop accepting and detach its client without waiting; the
+    /// drop that follows waits. Lets a shutdown stop every endpoint in parallel.
+    fn begin_stop(&self) {}
 }
 
 /// Everything needed to start serving a listener.

@@ -395,20 +395,28 @@ impl DataPlane for NvmePlane {
     }
 
     fn shutdown(&mut self) {
-        // Endpoints are gone (their controllers quiesced and detached): flush backends.
-        for (name, b) in &self.bdevs {
-            if b.info().caps.flush {
-                if let Err(e) = flush(b.as_ref()) {
-                    tracing::warn!(bdev = name, error = %e, "flush at shutdown failed");
-                }
-            }
-        }
+        // Endpoints are gone (their controllers quiesced and detached). Stop the poll
+        // threads first: a busy poller pinned to a CPU would otherwise compete with the
+        // flushes below for the whole shutdown.
         for p in &self.pollers {
             p.handle.stop();
         }
         for p in &mut self.pollers {
             if let Some(t) = p.thread.take() {
                 let _ = t.join();
+            }
+        }
+        for (name, b) in &self.bdevs {
+            if b.info().caps.flush {
+                let start = Instant::now();
+                match flush(b.as_ref()) {
+                    Ok(()) => tracing::debug!(
+                        bdev = name,
+                        ms = start.elapsed().as_millis(),
+                        "flushed at shutdown"
+                    ),
+                    Err(e) => tracing::warn!(bdev = name, error = %e, "flush at shutdown failed"),
+                }
             }
         }
     }
@@ -463,6 +471,10 @@ struct NvmeEndpoint {
 impl Endpoint for NvmeEndpoint {
     fn socket_path(&self) -> &Path {
         &self.path
+    }
+
+    fn begin_stop(&self) {
+        self.stop.shutdown();
     }
 
     fn controller(&self) -> Option<ControllerInfo> {

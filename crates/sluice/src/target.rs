@@ -588,7 +588,20 @@ impl Target {
 
     /// Tear down every endpoint (socket removal included), in order.
     pub fn shutdown(&mut self) {
+        let start = std::time::Instant::now();
+        // Signal every endpoint first so their clients detach in parallel, then wait.
+        for ep in self.endpoints.values() {
+            ep.begin_stop();
+        }
+        let endpoints = self.endpoints.len();
         self.endpoints.clear();
+        let detached = start.elapsed();
         self.dataplane.shutdown();
+        tracing::info!(
+            endpoints,
+            detach_ms = detached.as_millis(),
+            total_ms = start.elapsed().as_millis(),
+            "data plane stopped"
+        );
     }
 }
