@@ -1,6 +1,7 @@
 //! The daemon's RPC surface: framework state (startup / runtime), the method table, config
 //! (`framework_get_subsystems` / `framework_get_config`) and applying a config file.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use serde::Deserialize;
@@ -70,6 +71,8 @@ pub struct Daemon {
     initialized: Mutex<bool>,
     init_cv: Condvar,
     kill: KillHook,
+    /// Set by SIGTERM/SIGINT: a configuration being applied stops at the next entry.
+    stopping: AtomicBool,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -118,7 +121,18 @@ impl Daemon {
             initialized: Mutex::new(initialized),
             init_cv: Condvar::new(),
             kill,
+            stopping: AtomicBool::new(false),
         }
+    }
+
+    /// A shutdown was requested: [`Daemon::apply_config`] applies no further entry.
+    pub fn request_stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`Daemon::request_stop`] was called.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
     }
 
     /// Lock the registries (a poisoned lock is recovered: state is only mutated last).
@@ -172,6 +186,12 @@ impl Daemon {
             let mut progressed = false;
             let mut rest = Vec::new();
             for (method, params) in pending {
+                if self.stopping() {
+                    return Err(RpcError::new(
+                        crate::jsonrpc::INTERNAL_ERROR,
+                        format!("config: interrupted by shutdown before {method}"),
+                    ));
+                }
                 if self.allowed_now(&method) {
                     self.call(&method, params.as_ref()).map_err(|e| {
                         RpcError::new(e.code, format!("config: {method}: {}", e.message))

@@ -175,6 +175,11 @@ fn init_logging(args: &ServeArgs) -> Result<(), ServeError> {
 }
 
 fn call(daemon: &Daemon, method: &str, params: Value) -> Result<Value, ServeError> {
+    if daemon.stopping() {
+        return Err(ServeError::Quickstart(format!(
+            "interrupted by shutdown before {method}"
+        )));
+    }
     daemon
         .call(method, Some(&params))
         .map_err(|e| ServeError::Quickstart(format!("{method}: {}", e.message)))
@@ -284,6 +289,29 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
     let target = Target::new(Box::new(plane));
     let daemon = Arc::new(Daemon::new(target, !args.wait_for_rpc, kill));
 
+    // Wait for the signals on a thread of their own from here on, so that a SIGTERM
+    // during a long startup (a large malloc bdev on a loaded machine, a busy poller taking
+    // a CPU) stops the configuration at the next entry instead of after all of it.
+    let (sig_tx, sig_rx) = std::sync::mpsc::channel::<Result<Signal, nix::Error>>();
+    let d_sig = Arc::clone(&daemon);
+    std::thread::Builder::new()
+        .name("sluice-signals".into())
+        .spawn(move || {
+            let got = loop {
+                match signals.wait() {
+                    Ok(s) => break Ok(s),
+                    Err(nix::Error::EINTR) => continue,
+                    Err(e) => break Err(e),
+                }
+            };
+            if let Ok(sig) = got {
+                tracing::info!(signal = ?sig, "shutdown requested");
+                d_sig.request_stop();
+            }
+            let _ = sig_tx.send(got);
+        })
+        .map_err(|e| ServeError::Usage(format!("cannot start signal thread: {e}")))?;
+
     let startup = || -> Result<(), ServeError> {
         if let Some(path) = &args.json {
             let cfg_err = |message: String| ServeError::Config {
@@ -306,6 +334,13 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
     };
     if let Err(e) = startup() {
         daemon.target().shutdown();
+        if daemon.stopping() {
+            // SIGTERM/SIGINT during startup: a requested stop, not a failure.
+            tracing::info!(error = %e, "startup interrupted by shutdown");
+            remove_rpc_files(&rpc);
+            tracing::info!("stopped");
+            return Ok(());
+        }
         return Err(e);
     }
 
@@ -321,23 +356,24 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
         .map_err(|e| ServeError::Usage(format!("cannot start RPC thread: {e}")))?;
     tracing::info!(socket = %rpc.path().display(), "RPC server listening");
 
-    let sig = loop {
-        match signals.wait() {
-            Ok(s) => break s,
-            Err(nix::Error::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
+    let sig = match sig_rx.recv() {
+        Ok(got) => got?,
+        Err(_) => return Err(ServeError::Usage("signal thread stopped".into())),
     };
     tracing::info!(signal = ?sig, "shutting down");
     daemon.target().shutdown();
-    // Remove the RPC socket and lock; the accept thread dies with the process.
+    remove_rpc_files(&rpc);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Remove the RPC socket and lock; the accept thread dies with the process.
+fn remove_rpc_files(rpc: &RpcSocket) {
     let path = rpc.path().to_path_buf();
     let _ = std::fs::remove_file(&path);
     let mut lock = path.into_os_string();
     lock.push(".lock");
     let _ = std::fs::remove_file(lock);
-    tracing::info!("stopped");
-    Ok(())
 }
 
 #[cfg(test)]

@@ -149,3 +149,34 @@ fn sigterm_busy_poller_without_client_is_prompt() {
     let dir = null_target(&d);
     terminate_promptly(&mut d, &dir, "busy, no client");
 }
+
+/// SIGTERM while a long `-c` configuration is still being applied (here 300 rounds of a
+/// 64 MiB malloc bdev created and deleted, several seconds, busy poller taking a CPU):
+/// the replay stops at the next entry and the daemon exits 0 promptly, files removed.
+#[test]
+fn sigterm_during_long_startup_is_prompt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut entries = Vec::new();
+    for _ in 0..300 {
+        entries.push(serde_json::json!({"method": "bdev_malloc_create",
+            "params": {"name": "M0", "block_size": 512, "num_blocks": 131072}}));
+        entries.push(serde_json::json!({"method": "bdev_malloc_delete",
+            "params": {"name": "M0"}}));
+    }
+    let cfg = serde_json::json!({"subsystems": [{"subsystem": "bdev", "config": entries}]});
+    let path = dir.path().join("long.json");
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let path_s = path.display().to_string();
+    let mut d = Daemon::start_in(dir, &["--poll-mode", "busy", "-c", &path_s]);
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    let (status, err) = d.terminate();
+    let took = start.elapsed();
+    assert!(status.success(), "exit {status}: {err}");
+    assert!(took < EXIT_BOUND, "exit took {took:?}: {err}");
+    assert!(
+        err.contains("startup interrupted by shutdown"),
+        "SIGTERM did not arrive during the startup (config too short?): {err}"
+    );
+    assert!(!d.sock.exists(), "RPC socket left");
+}
