@@ -379,3 +379,29 @@ fn rpc_tcp_address_is_refused_clearly() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("version"));
 }
+
+/// A peer that accepts and hangs up at once (not a vfio-user server): a clear error naming
+/// the socket and status 1, promptly.
+#[test]
+fn peer_hanging_up_fails_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(tmp.path().join("cntrl")).unwrap();
+    let acceptor = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let (s, _) = listener.accept().unwrap();
+            drop(s);
+        }
+    });
+    let t = trid(tmp.path());
+    for args in [perf_args(&t), vec!["identify", "-r", &t]] {
+        let out = run_bounded(&args, Duration::from_secs(10));
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("cannot connect to vfio-user socket")
+                && err.contains(&tmp.path().join("cntrl").display().to_string()),
+            "{args:?}: {err}"
+        );
+    }
+    acceptor.join().unwrap();
+}
