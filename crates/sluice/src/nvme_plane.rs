@@ -34,10 +34,31 @@ pub enum Mode {
     },
 }
 
+/// A poll thread, started when its first controller is placed on it: a busy poller with
+/// nothing to poll would only take a CPU from the startup (large malloc bdevs, `-c`).
 struct PollThread {
     cpu: usize,
     handle: PollerHandle,
+    /// The poller until its thread is started.
+    idle: Option<(sluice_nvme::Poller, sluice_nvme::PollMode)>,
     thread: Option<JoinHandle<()>>,
+}
+
+impl PollThread {
+    fn start(&mut self, index: usize) -> std::io::Result<()> {
+        let Some((mut poller, mode)) = self.idle.take() else {
+            return Ok(());
+        };
+        let cpu = self.cpu;
+        let thread = std::thread::Builder::new()
+            .name(format!("sluice-poll-{index}"))
+            .spawn(move || {
+                pin_to(cpu);
+                poller.run(mode);
+            })?;
+        self.thread = Some(thread);
+        Ok(())
+    }
 }
 
 /// What a live endpoint shares with the data plane (for namespace changes and stats).
@@ -87,8 +108,8 @@ impl NvmePlane {
     /// Start one pinned poll thread per CPU.
     pub fn new(cpus: &[usize], mode: Mode) -> std::io::Result<Self> {
         let mut pollers = Vec::new();
-        for (i, &cpu) in cpus.iter().enumerate() {
-            let (mut poller, handle) = sluice_nvme::Poller::new();
+        for &cpu in cpus {
+            let (poller, handle) = sluice_nvme::Poller::new();
             let pm = match mode {
                 Mode::Busy => sluice_nvme::PollMode::Busy,
                 Mode::Adaptive {
@@ -99,16 +120,11 @@ impl NvmePlane {
                     max_sleep,
                 },
             };
-            let thread = std::thread::Builder::new()
-                .name(format!("sluice-poll-{i}"))
-                .spawn(move || {
-                    pin_to(cpu);
-                    poller.run(pm);
-                })?;
             pollers.push(PollThread {
                 cpu,
                 handle,
-                thread: Some(thread),
+                idle: Some((poller, pm)),
+                thread: None,
             });
         }
         Ok(Self {
@@ -274,9 +290,17 @@ impl DataPlane for NvmePlane {
             ctrl.add_namespace(Some(ns.nsid), b)
                 .map_err(|e| other(format!("namespace {}: {e}", ns.nsid)))?;
         }
-        let (idx, poller) = self
+        let idx = self
             .least_loaded()
+            .map(|(i, _)| i)
             .ok_or_else(|| other("no poll thread".into()))?;
+        let pt = self
+            .pollers
+            .get_mut(idx)
+            .ok_or_else(|| other("no poll thread".into()))?;
+        pt.start(idx)
+            .map_err(|e| other(format!("cannot start poll thread: {e}")))?;
+        let poller = &pt.handle;
         let (mut ep, handle) =
             nvme_endpoint(ctrl, NvmePciIds::default(), poller).map_err(|e| other(e.to_string()))?;
         let stop = server.shutdown_handle();

@@ -411,3 +411,45 @@ fn get_stats_shadow_counter_stays_zero_without_shadow_doorbells() {
     drop(qp);
     let _ = c.shutdown(false);
 }
+
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|s| s.trim().to_owned())
+        .collect()
+}
+
+/// A busy poll thread starts only when a controller is placed on it: it does not take a
+/// CPU from the startup (bdev creation) while there is nothing to poll.
+#[test]
+fn busy_poll_thread_starts_with_its_first_controller() {
+    let d = Daemon::start(&["--poll-mode", "busy"]);
+    let pid = d.child.as_ref().unwrap().id();
+    d.rpc_ok(&["bdev_null_create", "Null0", "16", "512"]);
+    let polls = |names: &[String]| {
+        names
+            .iter()
+            .filter(|n| n.starts_with("sluice-poll"))
+            .count()
+    };
+    assert_eq!(polls(&thread_names(pid)), 0, "{:?}", thread_names(pid));
+    let _sock = null_target_listener(&d);
+    assert_eq!(polls(&thread_names(pid)), 1, "{:?}", thread_names(pid));
+}
+
+fn null_target_listener(d: &Daemon) -> std::path::PathBuf {
+    let dir = d.mkdir("vfu");
+    d.rpc_ok(&["nvmf_create_transport", "-t", "VFIOUSER"]);
+    d.rpc_ok(&["nvmf_create_subsystem", "-a", NQN]);
+    d.rpc_ok(&["nvmf_subsystem_add_ns", NQN, "Null0"]);
+    d.rpc_ok(&[
+        "nvmf_subsystem_add_listener",
+        NQN,
+        "-t",
+        "VFIOUSER",
+        "-a",
+        dir.to_str().unwrap(),
+    ]);
+    dir.join("cntrl")
+}
