@@ -42,7 +42,14 @@ pub struct ControllerOptions {
     pub admin_timeout: Duration,
     /// Doorbell placement.
     pub doorbells: DoorbellMode,
+    /// How long [`Controller::connect`] waits for any single vfio-user reply (version
+    /// negotiation included) before failing; `None` waits forever. A peer that accepts the
+    /// connection but never answers then gives a clear timeout error instead of a hang.
+    pub reply_timeout: Option<Duration>,
 }
+
+/// Default of [`ControllerOptions::reply_timeout`].
+pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Default for ControllerOptions {
     fn default() -> Self {
@@ -52,6 +59,7 @@ impl Default for ControllerOptions {
             dma_base: 1 << 32,
             admin_timeout: Duration::from_secs(10),
             doorbells: DoorbellMode::Auto,
+            reply_timeout: Some(DEFAULT_REPLY_TIMEOUT),
         }
     }
 }
@@ -87,7 +95,11 @@ fn lock(t: &SharedTransport) -> Result<std::sync::MutexGuard<'_, Box<dyn Transpo
 impl Controller {
     /// Connects with Sluice's `vfu-client` and brings the controller up.
     pub fn connect(path: &Path, opts: ControllerOptions) -> Result<Self, Error> {
-        let t = VfuTransport::connect(path)?;
+        let copts = vfu_client::ClientOptions {
+            reply_timeout: opts.reply_timeout,
+            ..vfu_client::ClientOptions::default()
+        };
+        let t = VfuTransport::connect_with(path, copts)?;
         Self::new(Box::new(t), opts)
     }
 
@@ -189,6 +201,11 @@ impl Controller {
     /// The shared transport (for raw region access in tests).
     pub fn transport(&self) -> &SharedTransport {
         &self.transport
+    }
+
+    /// Cheap liveness check of the transport connection (`false` once the target hung up).
+    pub fn is_connected(&self) -> bool {
+        lock(&self.transport).is_ok_and(|t| t.is_connected())
     }
 
     /// The DMA arena shared with the target.

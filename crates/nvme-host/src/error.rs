@@ -89,6 +89,14 @@ pub enum Error {
     /// An I/O error outside the transport (eventfds, output).
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// `perf` gave up on the target (it hung up or stopped completing I/Os).
+    #[error("I/O aborted: {reason}; {timed_out} outstanding I/Os timed out")]
+    IoTimeout {
+        /// Why the run was aborted.
+        reason: &'static str,
+        /// I/Os that were outstanding when the run was aborted.
+        timed_out: u64,
+    },
     /// Data read back differs from what was written (`--verify`).
     #[error("data miscompare at lba {lba}")]
     Miscompare {

@@ -100,6 +100,10 @@ pub struct PerfArgs {
     /// No live progress line.
     #[arg(long)]
     pub no_progress: bool,
+    /// Seconds to wait after the run time (`-t`, or from the start with `--number-ios`)
+    /// for outstanding I/Os before giving up on an unresponsive target (exit non-zero).
+    #[arg(long = "io-timeout", default_value_t = 5)]
+    pub io_timeout: u64,
 }
 
 /// Results of one worker (one core).
@@ -131,6 +135,9 @@ pub struct WorkerReport {
     pub p99_us: f64,
     /// 99.9th percentile, microseconds.
     pub p999_us: f64,
+    /// I/Os given up on because the target stopped answering (the run then fails).
+    #[serde(skip)]
+    timed_out: u64,
     #[serde(skip)]
     hist: Option<Histogram<u64>>,
 }
@@ -244,6 +251,9 @@ struct Job {
 
 struct Live {
     stop: AtomicBool,
+    /// Set by the main thread when the target is gone or missed the deadline: workers
+    /// give up on their outstanding I/Os.
+    abort: AtomicBool,
     ios: AtomicU64,
     lat_ns: AtomicU64,
 }
@@ -403,6 +413,7 @@ fn worker(
         pending_lat: 0,
         done: Vec::with_capacity(256),
     };
+    let mut timed_out = 0;
     let mut qs = Vec::new();
     for qp in &qps {
         let bufs = (0..job.qd)
@@ -415,6 +426,12 @@ fn worker(
         });
     }
     loop {
+        if live.abort.load(Ordering::Relaxed) {
+            // Whatever is still outstanding will never complete: count it as timed out.
+            let n: usize = qps.iter().map(QueuePair::outstanding).sum();
+            timed_out = u64::try_from(n).unwrap_or(u64::MAX);
+            break;
+        }
         let stopping = live.stop.load(Ordering::Relaxed);
         let mut outstanding = 0;
         for (qp, q) in qps.iter_mut().zip(qs.iter_mut()) {
@@ -437,6 +454,7 @@ fn worker(
     live.ios.fetch_add(w.pending_ios, Ordering::Relaxed);
     live.lat_ns.fetch_add(w.pending_lat, Ordering::Relaxed);
     let mut r = summarize(core, w.ios, io_bytes, 1.0, Some(w.hist));
+    r.timed_out = timed_out;
     r.errors = w.errors;
     r.miscompares = w.miscompares;
     Ok((qps, r))
@@ -484,6 +502,7 @@ fn summarize(
         p90_us: p90,
         p99_us: p99,
         p999_us: p999,
+        timed_out: 0,
         hist,
     }
 }
@@ -561,11 +580,16 @@ pub fn run(c: &mut Controller, args: &PerfArgs, label: &str) -> Result<PerfRepor
     };
     let live = Live {
         stop: AtomicBool::new(false),
+        abort: AtomicBool::new(false),
         ios: AtomicU64::new(0),
         lat_ns: AtomicU64::new(0),
     };
     let progress = !args.json && !args.no_progress && std::io::stderr().is_terminal();
     let started = Instant::now();
+    let ctl: &Controller = c;
+    // Without completions by then, the target is considered dead.
+    let deadline = Duration::from_secs(args.time.max(1).saturating_add(args.io_timeout));
+    let mut lost = None;
     let results = std::thread::scope(|s| {
         let handles: Vec<_> = cores
             .iter()
@@ -586,6 +610,10 @@ pub fn run(c: &mut Controller, args: &PerfArgs, label: &str) -> Result<PerfRepor
         let (mut last_ios, mut last_lat, mut last_t) = (0u64, 0u64, Instant::now());
         while started.elapsed() < run_for && !handles.iter().all(|h| h.is_finished()) {
             std::thread::sleep(Duration::from_millis(100));
+            if !ctl.is_connected() {
+                lost = Some("connection to the target lost");
+                break;
+            }
             if let Some(b) = &bar {
                 if last_t.elapsed() >= Duration::from_secs(1) {
                     let ios = live.ios.load(Ordering::Relaxed);
@@ -614,6 +642,21 @@ pub fn run(c: &mut Controller, args: &PerfArgs, label: &str) -> Result<PerfRepor
         if let Some(b) = bar {
             b.finish_and_clear();
         }
+        // Drain: wait for the workers' outstanding I/Os, bounded by the deadline, checking
+        // every 100 ms that the target is still connected.
+        let mut tick = 0u32;
+        while lost.is_none() && !handles.iter().all(|h| h.is_finished()) {
+            if started.elapsed() >= deadline {
+                lost = Some("no completions before the deadline (-t plus --io-timeout)");
+            } else if tick % 20 == 0 && !ctl.is_connected() {
+                lost = Some("connection to the target lost");
+            }
+            tick = tick.wrapping_add(1);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if lost.is_some() {
+            live.abort.store(true, Ordering::Relaxed);
+        }
         handles
             .into_iter()
             .map(|h| {
@@ -623,6 +666,15 @@ pub fn run(c: &mut Controller, args: &PerfArgs, label: &str) -> Result<PerfRepor
             .collect::<Result<Vec<_>, Error>>()
     });
     let secs = started.elapsed().as_secs_f64();
+    if let Some(reason) = lost {
+        // A worker may also have failed on its own (a trapped doorbell write to a dead
+        // socket); the main thread's reason is the clearer one.
+        let timed_out = results
+            .as_ref()
+            .map(|r| r.iter().map(|(_, w)| w.timed_out).sum())
+            .unwrap_or(0);
+        return Err(Error::IoTimeout { reason, timed_out });
+    }
     let results = results?;
     let mut workers = Vec::new();
     let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)

@@ -72,6 +72,11 @@ pub trait Transport: Send {
     ) -> Result<(), TransportError>;
     /// DEVICE_RESET.
     fn device_reset(&mut self) -> Result<(), TransportError>;
+    /// Cheap, non-blocking liveness check of the connection: `false` once the peer is known
+    /// to have hung up. Transports that cannot tell say `true`.
+    fn is_connected(&self) -> bool {
+        true
+    }
 }
 
 /// [`Transport`] over rust-vmm's `vfio_user::Client`.
@@ -208,13 +213,41 @@ fn vreq(what: &'static str) -> impl FnOnce(vfu_client::ClientError) -> Transport
     }
 }
 
+/// A read timeout surfaces as `EAGAIN`/`ETIMEDOUT`; say what it means instead.
+fn explain_timeout(
+    e: vfu_client::ClientError,
+    timeout: Option<std::time::Duration>,
+) -> Box<dyn std::error::Error + Send + Sync> {
+    match (&e, timeout) {
+        (vfu_client::ClientError::Io(io), Some(t))
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            format!("no reply from the peer within {t:?} (is it a vfio-user server?)").into()
+        }
+        _ => Box::new(e),
+    }
+}
+
 impl VfuTransport {
     /// Connects to the socket at `path`, negotiates and reads every region's info.
     pub fn connect(path: &Path) -> Result<Self, TransportError> {
-        let client = vfu_client::Client::connect(path, vfu_client::ClientOptions::default())
-            .map_err(|e| TransportError::Connect {
+        Self::connect_with(path, vfu_client::ClientOptions::default())
+    }
+
+    /// Like [`VfuTransport::connect`], with explicit client options (for example a
+    /// `reply_timeout`, so that a silent peer cannot hang the caller).
+    pub fn connect_with(
+        path: &Path,
+        opts: vfu_client::ClientOptions,
+    ) -> Result<Self, TransportError> {
+        let timeout = opts.reply_timeout;
+        let client =
+            vfu_client::Client::connect(path, opts).map_err(|e| TransportError::Connect {
                 path: path.to_path_buf(),
-                cause: Box::new(e),
+                cause: explain_timeout(e, timeout),
             })?;
         Self::from_client(client)
     }
@@ -245,6 +278,22 @@ impl VfuTransport {
 }
 
 impl Transport for VfuTransport {
+    fn is_connected(&self) -> bool {
+        use rustix::net::RecvFlags;
+        let mut b = [0u8; 1];
+        // Peek without blocking: EOF (0 bytes) or a socket error means the peer is gone;
+        // EAGAIN (nothing pending) or pending data means it is still there.
+        match rustix::net::recv(
+            std::os::fd::AsFd::as_fd(&self.client),
+            &mut b[..],
+            RecvFlags::PEEK | RecvFlags::DONTWAIT,
+        ) {
+            Ok((0, _)) => false,
+            Ok(_) => true,
+            Err(e) => e == rustix::io::Errno::AGAIN || e == rustix::io::Errno::INTR,
+        }
+    }
+
     fn region_read(
         &mut self,
         index: u32,

@@ -119,6 +119,15 @@ impl Target {
         Controller::connect(&self.sock, opts).expect("controller bring-up")
     }
 
+    /// Stops the controller's poll thread (the target then never completes a command, but
+    /// the vfio-user connection stays up).
+    pub fn stop_poller(&mut self) {
+        self.poller.stop();
+        if let Some(t) = self.poll_thread.take() {
+            let _ = t.join();
+        }
+    }
+
     /// The `-r` string for this target.
     pub fn trid(&self) -> String {
         format!(
