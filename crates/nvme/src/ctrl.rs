@@ -157,6 +157,8 @@ pub struct Shared {
     cq_irq: Box<[AtomicU32]>,
     /// Guest address of the shadow doorbell buffer (0: none).
     shadow_db: AtomicU64,
+    /// Number of I/O submission queues that exist (poll thread writes, anyone reads).
+    io_queues: AtomicU32,
 }
 
 /// Marks an interrupt-enabled CQ in the `cq_irq` mirrors.
@@ -176,7 +178,13 @@ impl Shared {
             intms: AtomicU32::new(0),
             cq_irq: (0..queues).map(|_| AtomicU32::new(0)).collect(),
             shadow_db: AtomicU64::new(0),
+            io_queues: AtomicU32::new(0),
         })
+    }
+
+    /// Number of I/O submission queues that currently exist (lock-free; any thread).
+    pub fn io_queues(&self) -> u32 {
+        self.io_queues.load(Ordering::Relaxed)
     }
 
     /// The INTx level: whether some interrupt-enabled CQ holds entries the host has not
@@ -450,6 +458,10 @@ pub struct ControllerStats {
     pub errors: u64,
     /// Backend submissions that found the channel full.
     pub backend_busy: u64,
+    /// I/O submission queues that exist now (a gauge, filled in by `stats()`).
+    pub io_queues: u64,
+    /// I/O submission queues created since the controller was made (cumulative).
+    pub io_queues_created: u64,
 }
 
 pub(crate) struct Aer {
@@ -586,7 +598,20 @@ impl Controller {
 
     /// Counters.
     pub fn stats(&self) -> ControllerStats {
-        self.stats.clone()
+        let mut s = self.stats.clone();
+        s.io_queues = self.count_io_sqs();
+        s
+    }
+
+    /// Live I/O SQs (SQ 0 is the admin queue).
+    fn count_io_sqs(&self) -> u64 {
+        self.sqs.iter().skip(1).filter(|q| q.is_some()).count() as u64
+    }
+
+    /// Publishes the I/O SQ count to [`Shared::io_queues`] (after every change).
+    fn publish_io_queues(&self) {
+        let n = u32::try_from(self.count_io_sqs()).unwrap_or(u32::MAX);
+        self.shared.io_queues.store(n, Ordering::Relaxed);
     }
 
     /// Commands handed to backends and not yet completed.
@@ -738,6 +763,7 @@ impl Controller {
         for cq in self.cqs.iter_mut() {
             *cq = None;
         }
+        self.publish_io_queues();
         self.active_sqs.clear();
         self.irq_list.clear();
         self.pending_deletes = 0;
@@ -1015,6 +1041,10 @@ impl Controller {
             let _ = sh.db.write_u32(usize::from(qid) * 4 * 2, 0);
         }
         self.active_sqs.push(qid);
+        if qid != 0 {
+            self.stats.io_queues_created += 1;
+        }
+        self.publish_io_queues();
         Ok(())
     }
 
@@ -1030,6 +1060,7 @@ impl Controller {
             }
         }
         self.active_sqs.retain(|&q| q != qid);
+        self.publish_io_queues();
     }
 
     pub(crate) fn io_queues_exist(&self) -> bool {

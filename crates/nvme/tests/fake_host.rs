@@ -1341,3 +1341,29 @@ fn parked_poller_wakes_on_messages_and_trapped_doorbells() {
     t.join().unwrap();
     assert!(t0.elapsed() < Duration::from_millis(600), "stop unparks");
 }
+
+#[test]
+fn io_queue_count_follows_create_delete_and_reset() {
+    let (mut c, mut h) = setup(ControllerConfig::default());
+    assert_eq!(c.stats().io_queues, 0, "admin queue is not counted");
+    assert_eq!(c.shared().io_queues(), 0);
+    assert!(h.create_pair(&mut c, 1, 16));
+    assert!(h.create_pair(&mut c, 2, 16));
+    assert_eq!(c.stats().io_queues, 2);
+    assert_eq!(c.stats().io_queues_created, 2);
+    assert_eq!(c.shared().io_queues(), 2);
+    // A rejected create (queue id already in use) counts nothing.
+    assert_ne!(st(h.create_sq(&mut c, 2, 16, 2)), Status::SUCCESS);
+    assert_eq!(c.shared().io_queues(), 2);
+    assert_eq!(c.stats().io_queues_created, 2);
+    let mut del = sqe(admin::DELETE_SQ, 0);
+    del.dw[10] = 1;
+    ok(h.admin(&mut c, del));
+    assert_eq!(c.stats().io_queues, 1);
+    assert_eq!(c.shared().io_queues(), 1);
+    // Controller reset deletes every I/O queue; the cumulative count stays.
+    c.bar0_write(reg::CC, &0u32.to_le_bytes()).unwrap();
+    assert_eq!(c.shared().io_queues(), 0);
+    assert_eq!(c.stats().io_queues, 0);
+    assert_eq!(c.stats().io_queues_created, 2);
+}
