@@ -386,6 +386,8 @@ impl DataPlane for NvmePlane {
                         t.invalid_doorbell_writes += s.invalid_doorbell_writes;
                         t.errors += s.errors;
                         t.backend_busy += s.backend_busy;
+                        t.io_queues += s.io_queues;
+                        t.io_queues_created += s.io_queues_created;
                     }
                 }
                 json!({
@@ -393,10 +395,11 @@ impl DataPlane for NvmePlane {
                     "cpu": p.cpu,
                     "controllers": placed,
                     "admin_qpairs": admin,
-                    // sluice-nvme does not expose the number of live I/O queues yet.
-                    "io_qpairs": 0,
+                    // I/O queue pairs created by the controllers placed here (cumulative
+                    // over their lifetime), and those that exist now.
+                    "io_qpairs": t.io_queues_created,
                     "current_admin_qpairs": admin,
-                    "current_io_qpairs": 0,
+                    "current_io_qpairs": t.io_queues,
                     "current_unassociated_qpairs": 0,
                     "pending_bdev_io": 0,
                     "completed_nvme_io": t.io_commands,
@@ -505,8 +508,8 @@ impl Endpoint for NvmeEndpoint {
         let live = self.live.as_ref()?;
         live.enabled().then_some(ControllerInfo {
             cntlid: live.cntlid,
-            // Not exposed by sluice-nvme yet (no I/O queue count accessor).
-            num_io_qpairs: 0,
+            // Lock-free mirror kept by the poll thread.
+            num_io_qpairs: live.handle.shared().io_queues(),
         })
     }
 }

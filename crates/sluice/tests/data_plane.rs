@@ -361,6 +361,8 @@ fn get_stats_counts_io_and_shadow_doorbells() {
         "{before}"
     );
     assert_eq!(transport_stat(&before, "shadow_doorbell_reads"), 0);
+    assert_eq!(before["poll_groups"][0]["current_io_qpairs"], 0, "{before}");
+    assert_eq!(before["poll_groups"][0]["io_qpairs"], 0, "{before}");
     let mut c = connect(&sock);
     c.set_num_queues(1, 1).unwrap();
     c.enable_shadow_doorbells().unwrap();
@@ -382,7 +384,18 @@ fn get_stats_counts_io_and_shadow_doorbells() {
     );
     let ctrls = d.rpc_json(&["nvmf_subsystem_get_controllers", NQN]);
     assert_eq!(ctrls.as_array().unwrap().len(), 1, "{ctrls}");
-    drop(qp);
+    // The I/O queue pair the host created is counted.
+    assert_eq!(ctrls[0]["num_io_qpairs"], 1, "{ctrls}");
+    assert_eq!(g["current_io_qpairs"], 1, "{stats}");
+    assert_eq!(g["io_qpairs"], 1, "{stats}");
+    // Deleted: gone from the gauges, still in the cumulative count.
+    c.delete_io_queue_pair(qp).unwrap();
+    let ctrls = d.rpc_json(&["nvmf_subsystem_get_controllers", NQN]);
+    assert_eq!(ctrls[0]["num_io_qpairs"], 0, "{ctrls}");
+    let stats = d.rpc_json(&["nvmf_get_stats"]);
+    let g = &stats["poll_groups"][0];
+    assert_eq!(g["current_io_qpairs"], 0, "{stats}");
+    assert_eq!(g["io_qpairs"], 1, "{stats}");
     let _ = c.shutdown(false);
 }
 
