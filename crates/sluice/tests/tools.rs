@@ -405,3 +405,39 @@ fn peer_hanging_up_fails_clearly() {
     }
     acceptor.join().unwrap();
 }
+
+/// The target dies mid-run (SIGKILL): `perf -t 30` notices the lost connection, counts the
+/// outstanding I/Os as timed out and exits with status 1 long before `-t` is over.
+#[test]
+fn perf_fails_promptly_when_the_target_dies() {
+    use std::io::BufRead;
+    let (mut d, dir) = null_target();
+    let t = trid(&dir);
+    let mut args = perf_args(&t);
+    let tpos = args.iter().position(|a| *a == "-t").unwrap();
+    args[tpos + 1] = "30";
+    let mut child = Command::new(BIN)
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("Launching workers") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "perf ended early");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    d.kill9();
+    let start = Instant::now();
+    let status = common::wait_timeout(&mut child, Duration::from_secs(10));
+    assert!(start.elapsed() < Duration::from_secs(10));
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("connection to the target lost") && err.contains("timed out"),
+        "{err}"
+    );
+}
