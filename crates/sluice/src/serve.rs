@@ -162,8 +162,11 @@ pub fn parse_cpumask_bits(mask: &str) -> Result<Vec<usize>, ServeError> {
 fn init_logging(args: &ServeArgs) -> Result<(), ServeError> {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .map_err(|e| ServeError::Usage(format!("invalid --log-level '{}': {e}", args.log_level)))?;
+    // Colours only on a terminal: logs captured to files or journald stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let res = match args.log_format {
         LogFormat::Text => builder.try_init(),
