@@ -222,13 +222,17 @@ impl Server {
                     continue;
                 }
             };
-            tracing::debug!(path = %self.path.display(), "vfio-user client connected");
+            // Connects and disconnects are infrequent state changes an operator wants to see (a VM
+            // started, rebooted or died): info, once per connection, so they cannot flood.
+            tracing::info!(path = %self.path.display(), "vfio-user client connected");
             match serve_connection(stream, device, &self.opts, Some(self.stop.fd.as_fd())) {
                 Ok(SessionEnd::Shutdown) => return Ok(()),
                 Ok(SessionEnd::Disconnected) => {
-                    tracing::debug!(path = %self.path.display(), "vfio-user client disconnected");
+                    tracing::info!(path = %self.path.display(), "vfio-user client disconnected");
                 }
-                Err(e) => tracing::debug!(error = %e, "vfio-user session error"),
+                Err(e) => {
+                    tracing::info!(path = %self.path.display(), error = %e, "vfio-user client dropped after a session error");
+                }
             }
         }
     }
