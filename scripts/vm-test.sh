@@ -7,4 +7,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 echo "vm-test: accelerator $(scripts/vm-rig/qemu.sh --print-accel), rig ${SLUICE_VM_RIG:-/var/cache/sluice-vm-rig}"
-exec cargo test -p sluice --release --locked --test vm_e2e -- --include-ignored --test-threads=1 "$@"
+# --workspace: same feature set as the tests stage of scripts/test.sh, so its build is reused.
+exec cargo test --workspace --release --locked --test vm_e2e -- --include-ignored --test-threads=1 "$@"
