@@ -52,6 +52,8 @@ finish() {
         printf 'TEST SUMMARY: PASS: all %d stages passed in %dm%02ds\n' "${#summary[@]}" $((total / 60)) $((total % 60))
         exit 0
     fi
+    # Why: each panic line with the message line after it (the log tail is all CI keeps).
+    grep -hA2 -E "^thread '.*' \(?[0-9]*\)? ?panicked at" "$LOG_DIR"/*.log 2>/dev/null | head -40 | sed 's/^/why: /' || true
     printf 'TEST SUMMARY: FAIL: %s (%d of %d stages run failed) in %dm%02ds\n' \
         "${failed[*]}" "${#failed[@]}" "${#summary[@]}" $((total / 60)) $((total % 60))
     exit 1

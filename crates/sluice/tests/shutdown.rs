@@ -167,7 +167,7 @@ fn sigterm_during_long_startup_is_prompt() {
     let path = dir.path().join("long.json");
     std::fs::write(&path, cfg.to_string()).unwrap();
     let path_s = path.display().to_string();
-    let mut d = Daemon::start_in(dir, &["--poll-mode", "busy", "-c", &path_s]);
+    let mut d = Daemon::start_listening(dir, &["--poll-mode", "busy", "-c", &path_s]);
     std::thread::sleep(Duration::from_millis(300));
     let start = Instant::now();
     let (status, err) = d.terminate();

@@ -42,8 +42,25 @@ impl Daemon {
         d
     }
 
-    /// (Re)spawn with the same socket.
+    /// Start and return as soon as the RPC socket accepts connections, possibly before a
+    /// `-c` configuration has been applied.
+    pub fn start_listening(dir: tempfile::TempDir, extra: &[&str]) -> Daemon {
+        let sock = dir.path().join("rpc.sock");
+        let mut d = Daemon {
+            child: None,
+            dir,
+            sock,
+        };
+        d.spawn_inner(extra, false);
+        d
+    }
+
+    /// (Re)spawn with the same socket; returns once the daemon answers RPCs.
     pub fn spawn(&mut self, extra: &[&str]) {
+        self.spawn_inner(extra, true);
+    }
+
+    fn spawn_inner(&mut self, extra: &[&str], ready: bool) {
         let mut args: Vec<String> =
             vec!["serve".into(), "-r".into(), self.sock.display().to_string()];
         let has_mode = extra
@@ -60,7 +77,11 @@ impl Daemon {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        wait_for_socket(&self.sock, self.child.as_mut().unwrap());
+        if ready {
+            wait_ready(&self.sock, self.child.as_mut().unwrap());
+        } else {
+            wait_for_socket(&self.sock, self.child.as_mut().unwrap());
+        }
     }
 
     /// Path inside the private dir.
@@ -166,6 +187,20 @@ pub fn wait_for_socket(sock: &Path, child: &mut Child) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Wait until the daemon answers an RPC. The socket listens before a `-c` config is
+/// applied, but requests are answered only after it (as SPDK's `waitforlisten` relies on):
+/// one answered RPC means the target, listeners included, is configured.
+pub fn wait_ready(sock: &Path, child: &mut Child) {
+    wait_for_socket(sock, child);
+    let mut raw = Raw::connect(sock);
+    raw.send(&serde_json::json!({"jsonrpc": "2.0", "method": "spdk_get_version", "id": 1}));
+    let reply = raw.recv();
+    assert!(
+        reply.as_ref().is_some_and(|v| v.get("result").is_some()),
+        "daemon did not answer spdk_get_version: {reply:?}"
+    );
 }
 
 /// A raw connection that frames requests like rpc.py (pretty-printed, ids 1..n).
