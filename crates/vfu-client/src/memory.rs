@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
+use rustix::fs::{fcntl_add_seals, ftruncate, memfd_create, MemfdFlags, SealFlags};
 use rustix::io::Errno;
 use vm_memory::{
     Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion, VolatileMemory,
@@ -27,14 +27,17 @@ pub struct DmaBuffer {
 }
 
 impl DmaBuffer {
-    /// Allocates `size` bytes (zeroed) of shared memory at `iova`.
+    /// Allocates `size` bytes (zeroed) of shared memory at `iova`. The memfd is sealed
+    /// against resizing (`F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`, as QEMU's memfd
+    /// backend does), so a server that maps it can never fault on a truncated file.
     pub fn new(iova: u64, size: u64) -> Result<DmaBuffer> {
         let len = usize::try_from(size).map_err(vm_err)?;
         if size == 0 || iova.checked_add(size).is_none() {
             return Err(ClientError::Errno(Errno::INVAL));
         }
-        let fd = memfd_create("vfu-dma", MemfdFlags::CLOEXEC)?;
+        let fd = memfd_create("vfu-dma", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
         ftruncate(&fd, size)?;
+        fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
         let file = File::from(rustix::io::dup(&fd)?);
         let region = MmapRegion::build(
             Some(FileOffset::new(file, 0)),
@@ -179,6 +182,16 @@ mod tests {
         // outside the buffer
         assert!(b.read(0x12000, &mut out).is_err());
         assert!(b.write(0xffff, b"x").is_err());
+    }
+
+    #[test]
+    fn dma_buffer_memfd_is_sealed_against_resizing() {
+        let b = DmaBuffer::new(0, 0x2000).unwrap();
+        let seals = rustix::fs::fcntl_get_seals(b.fd()).unwrap();
+        assert!(seals.contains(SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL));
+        assert_eq!(ftruncate(b.fd(), 0x1000), Err(Errno::PERM));
+        assert_eq!(ftruncate(b.fd(), 0x4000), Err(Errno::PERM));
+        assert_eq!(rustix::fs::fstat(b.fd()).unwrap().st_size, 0x2000);
     }
 
     #[test]

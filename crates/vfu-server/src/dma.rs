@@ -128,6 +128,11 @@ pub(crate) struct DmaTable {
     entries: Vec<Entry>,
     max_maps: usize,
     handle: DmaHandle,
+    /// Refuse fd windows whose file cannot be sealed against shrinking (EPERM).
+    require_sealed: bool,
+    /// DMA_MAP fds whose file could not be sealed against shrinking (accepted unless
+    /// `require_sealed` or another check refused them).
+    unsealed_maps: usize,
 }
 
 /// Result of a DMA_MAP: the event and the new snapshot, or "identical re-map, nothing to do".
@@ -136,18 +141,70 @@ pub(crate) enum MapOutcome {
     Unchanged,
 }
 
+/// Makes `f` impossible to shrink: `F_SEAL_SHRINK` is already set (QEMU's sealed memfds, the
+/// Sluice client's buffers) or is added now. Fails with the kernel's errno when the file
+/// cannot be sealed: EINVAL for files without sealing support (disk files, sockets), EPERM
+/// for tmpfs/hugetlbfs files and memfds created without `MFD_ALLOW_SEALING` (they carry
+/// `F_SEAL_SEAL`), for files already sealed with `F_SEAL_SEAL` but not `F_SEAL_SHRINK`, and
+/// for fds opened read-only.
+fn seal_against_shrink(f: &File) -> Result<(), Errno> {
+    use rustix::fs::SealFlags;
+    if rustix::fs::fcntl_get_seals(f)?.contains(SealFlags::SHRINK) {
+        return Ok(());
+    }
+    rustix::fs::fcntl_add_seals(f, SealFlags::SHRINK)
+}
+
 fn file_id(f: &File) -> Option<(u64, u64)> {
     let st = rustix::fs::fstat(f).ok()?;
     Some((st.st_dev, st.st_ino))
 }
 
 impl DmaTable {
-    pub(crate) fn new(max_maps: usize, handle: DmaHandle) -> DmaTable {
+    /// An empty table of at most `max_maps` windows. With `require_sealed`, fd windows whose
+    /// file cannot be sealed against shrinking are refused with EPERM.
+    pub(crate) fn new(max_maps: usize, handle: DmaHandle, require_sealed: bool) -> DmaTable {
         DmaTable {
             entries: Vec::new(),
             max_maps,
             handle,
+            require_sealed,
+            unsealed_maps: 0,
         }
+    }
+
+    /// Seals `f` against shrinking before its size is checked and it is mapped, so a client
+    /// cannot truncate it under a device access (SIGBUS). A file that cannot be sealed is
+    /// refused (EPERM) when sealing is required, else accepted with one info line per
+    /// connection.
+    fn seal(&mut self, f: &File, iova: u64) -> Result<(), Errno> {
+        let Err(e) = seal_against_shrink(f) else {
+            return Ok(());
+        };
+        if self.require_sealed {
+            tracing::debug!(
+                iova,
+                errno = e.raw_os_error(),
+                "vfio-user: DMA_MAP refused: file cannot be sealed against shrinking"
+            );
+            return Err(Errno::PERM);
+        }
+        if self.unsealed_maps == 0 {
+            tracing::info!(
+                iova,
+                errno = e.raw_os_error(),
+                "vfio-user: DMA window file cannot be sealed against shrinking; a client that \
+                 truncates it can make a device access fault (logged once per connection)"
+            );
+        }
+        self.unsealed_maps = self.unsealed_maps.saturating_add(1);
+        Ok(())
+    }
+
+    /// How many DMA_MAP fds on this connection could not be sealed against shrinking.
+    #[cfg(test)]
+    pub(crate) fn unsealed_maps(&self) -> usize {
+        self.unsealed_maps
     }
 
     /// Number of windows.
@@ -230,7 +287,11 @@ impl DmaTable {
         }
         let region = match file {
             None => None,
-            Some(f) => Some(Arc::new(map_file(f, file_offset, iova, size, prot)?)),
+            Some(f) => {
+                // Seal first, then check the size: a shrink between the two is impossible.
+                self.seal(&f, iova)?;
+                Some(Arc::new(map_file(f, file_offset, iova, size, prot)?))
+            }
         };
         self.entries.push(Entry {
             iova,
@@ -318,7 +379,7 @@ mod tests {
     #[test]
     fn map_unmap_exact_and_snapshots() {
         let h = DmaHandle::default();
-        let mut t = DmaTable::new(4, h.clone());
+        let mut t = DmaTable::new(4, h.clone(), false);
         let fd = memfd(0x4000);
         let dup = rustix::io::dup(&fd).unwrap();
         let MapOutcome::Added(ev, mem) = t.map(3, 0, 0x10000, 0x4000, Some(fd)).unwrap() else {
@@ -361,10 +422,112 @@ mod tests {
         assert!(h.read(0x10008, &mut b).is_err());
     }
 
+    fn sealable_memfd(size: u64, seals: rustix::fs::SealFlags) -> OwnedFd {
+        let fd = memfd_create("t", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+        ftruncate(&fd, size).unwrap();
+        if !seals.is_empty() {
+            rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
+        }
+        fd
+    }
+
+    #[test]
+    fn map_seals_the_file_against_shrinking() {
+        use rustix::fs::{fcntl_get_seals, SealFlags};
+        let h = DmaHandle::default();
+        let mut t = DmaTable::new(8, h.clone(), true);
+        let fd = sealable_memfd(0x4000, SealFlags::empty());
+        let client = rustix::io::dup(&fd).unwrap();
+        assert!(matches!(
+            t.map(3, 0, 0x10000, 0x4000, Some(fd)),
+            Ok(MapOutcome::Added(..))
+        ));
+        assert!(fcntl_get_seals(&client)
+            .unwrap()
+            .contains(SealFlags::SHRINK));
+        assert_eq!(ftruncate(&client, 0x1000), Err(Errno::PERM));
+        // growing stays allowed; the whole window is still readable
+        ftruncate(&client, 0x8000).unwrap();
+        let mut b = [1u8; 0x4000];
+        h.read(0x10000, &mut b).unwrap();
+        assert!(b.iter().all(|&x| x == 0));
+        // already sealed like QEMU's memfd backend (F_SEAL_SEAL included): accepted as is
+        let qemu = sealable_memfd(
+            0x1000,
+            SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
+        );
+        assert!(t.map(3, 0, 0x20000, 0x1000, Some(qemu)).is_ok());
+        assert_eq!(t.unsealed_maps(), 0);
+        // sealing required: a memfd without MFD_ALLOW_SEALING, a file sealed without
+        // SHRINK, and a disk file are refused with EPERM and leave the table unchanged
+        let closed = sealable_memfd(0x1000, SealFlags::SEAL);
+        assert_eq!(
+            t.map(3, 0, 0x30000, 0x1000, Some(memfd(0x1000))).err(),
+            Some(Errno::PERM)
+        );
+        assert_eq!(
+            t.map(3, 0, 0x30000, 0x1000, Some(closed)).err(),
+            Some(Errno::PERM)
+        );
+        let disk = tempfile_fd(0x1000);
+        assert_eq!(
+            t.map(3, 0, 0x30000, 0x1000, Some(disk)).err(),
+            Some(Errno::PERM)
+        );
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.unsealed_maps(), 0);
+    }
+
+    fn tempfile_fd(size: u64) -> OwnedFd {
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(size).unwrap();
+        OwnedFd::from(f)
+    }
+
+    #[test]
+    fn unsealable_files_are_accepted_by_default() {
+        let h = DmaHandle::default();
+        let mut t = DmaTable::new(8, h.clone(), false);
+        assert!(t.map(3, 0, 0x10000, 0x1000, Some(memfd(0x1000))).is_ok());
+        assert!(t
+            .map(3, 0x1000, 0x20000, 0x1000, Some(tempfile_fd(0x2000)))
+            .is_ok());
+        assert_eq!(t.unsealed_maps(), 2);
+        h.write(0x20ff0, b"tail").unwrap();
+        let mut b = [0u8; 4];
+        h.read(0x20ff0, &mut b).unwrap();
+        assert_eq!(&b, b"tail");
+    }
+
+    #[test]
+    fn window_must_fit_in_the_file() {
+        use rustix::fs::SealFlags;
+        let h = DmaHandle::default();
+        let mut t = DmaTable::new(8, h, false);
+        let fd = || sealable_memfd(0x4000, SealFlags::empty());
+        // offset + size one page past the end, offset past the end, offset + size overflow
+        assert_eq!(
+            t.map(3, 0x1000, 0x10000, 0x4000, Some(fd())).err(),
+            Some(Errno::INVAL)
+        );
+        assert_eq!(
+            t.map(3, 0x5000, 0x10000, 0x1000, Some(fd())).err(),
+            Some(Errno::INVAL)
+        );
+        assert_eq!(
+            t.map(3, u64::MAX - 0xfff, 0x10000, 0x2000, Some(fd()))
+                .err(),
+            Some(Errno::INVAL)
+        );
+        assert_eq!(t.len(), 0);
+        // the exact fit at an offset is accepted
+        assert!(t.map(3, 0x1000, 0x10000, 0x3000, Some(fd())).is_ok());
+    }
+
     #[test]
     fn fdless_windows_and_limits() {
         let h = DmaHandle::default();
-        let mut t = DmaTable::new(2, h.clone());
+        let mut t = DmaTable::new(2, h.clone(), false);
         assert!(
             matches!(t.map(1, 0, 0xfffc0000, 0x40000, None), Ok(MapOutcome::Added(ev, _)) if !ev.mapped)
         );

@@ -34,6 +34,12 @@ pub struct ServerOptions {
     /// How long a partial message, a reply to a server-to-client request or a blocked send
     /// may take before the session is dropped (default [`crate::session::IO_TIMEOUT`]).
     pub io_timeout: std::time::Duration,
+    /// Refuse (EPERM) a DMA_MAP whose fd cannot be sealed against shrinking
+    /// (`F_SEAL_SHRINK`). Off by default: QEMU's `memory-backend-file` on /dev/shm or
+    /// hugetlbfs and memfds created without `MFD_ALLOW_SEALING` cannot be sealed, and are
+    /// then accepted with one info line per connection (a client that truncates such a file
+    /// can make a device access fault). Sealable files are always sealed.
+    pub require_sealed_dma: bool,
 }
 
 impl Default for ServerOptions {
@@ -46,6 +52,7 @@ impl Default for ServerOptions {
             pgsizes: vfu_proto::DEFAULT_PGSIZES,
             twin_socket: true,
             io_timeout: crate::session::IO_TIMEOUT,
+            require_sealed_dma: false,
         }
     }
 }

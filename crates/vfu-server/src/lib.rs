@@ -29,8 +29,13 @@
 //!   `max_dma_maps`, `write_multiple: true`, `migration` only when the client sent it, and
 //!   `twin_socket` (with the socket as fd 0) only when the client offered it.
 //! - DMA_MAP: unknown flag bits EINVAL; an overlap is EEXIST (spec), an identical re-map is
-//!   accepted as a no-op (libvfio-user); more than `max_dma_maps` windows EINVAL; a regular
-//!   file (memfd) smaller than offset+size EINVAL. Read-only fd windows are mapped
+//!   accepted as a no-op (libvfio-user); more than `max_dma_maps` windows EINVAL. The fd's
+//!   file is first sealed against shrinking (`F_SEAL_SHRINK`, kept when already set, as on
+//!   QEMU's memfds), then a regular file smaller than offset+size is refused with EINVAL, so
+//!   a mapped window can never be truncated under a device access. A file that cannot be
+//!   sealed (disk, tmpfs or hugetlbfs file, memfd without `MFD_ALLOW_SEALING`, read-only fd)
+//!   is accepted with one info line per connection, or refused with EPERM when
+//!   [`ServerOptions::require_sealed_dma`] is set. Read-only fd windows are mapped
 //!   `MAP_PRIVATE` so a device that wrongly writes cannot fault or reach the guest.
 //! - DMA_UNMAP: exact match or ENOENT; FLAG_ALL needs addr = size = 0; the old dirty-bitmap
 //!   flavour is rejected (EINVAL); the reply echoes the 24-byte struct after the device's

@@ -87,7 +87,11 @@ pub fn serve_connection<D: Device + ?Sized>(
         opts: opts.clone(),
         info,
         irqs: Arc::new(Irqs::new(&counts)),
-        dma: DmaTable::new(opts.max_dma_maps as usize, handle.clone()),
+        dma: DmaTable::new(
+            opts.max_dma_maps as usize,
+            handle.clone(),
+            opts.require_sealed_dma,
+        ),
         handle,
         caps: Capabilities::default(),
         negotiated: false,
