@@ -1,11 +1,13 @@
 //! Admin command set: queue management, Identify, features, log pages, AER, Abort,
 //! Keep Alive, Doorbell Buffer Config. Admin data moves with PRPs only, copied through
-//! `vm-memory` volatile accessors (admin data is tiny; only I/O is zero-copy).
+//! `vm-memory` volatile accessors, or DMA_READ/DMA_WRITE messages for fd-less windows
+//! (admin data is tiny; only I/O is zero-copy).
 
 use tracing::debug;
 
+use crate::bounce::{gather, scatter};
 use crate::ctrl::{Controller, ShadowDb, AER_LIMIT, ERROR_LOG_ENTRIES, MSIX_VECTORS};
-use crate::prp::{copy_from_guest, copy_to_guest, walk_prp, Seg, PAGE_SIZE};
+use crate::prp::{walk_prp, Seg, PAGE_SIZE};
 use crate::spec::{admin, feat, io, log, Sqe, Status};
 use crate::sys::Ring;
 use sluice_bdev::IoOp;
@@ -96,14 +98,14 @@ impl Controller {
     fn write_data(&self, sqe: &Sqe, data: &[u8]) -> Result<(), Status> {
         let segs = self.admin_segs(sqe, data.len())?;
         let mem = self.mem.as_ref().ok_or(Status::DATA_TRANSFER_ERROR)?;
-        copy_to_guest(mem, &segs, data)
+        scatter(mem, self.msg_dma.as_deref(), &segs, data)
     }
 
     fn read_data(&self, sqe: &Sqe, len: usize) -> Result<Vec<u8>, Status> {
         let segs = self.admin_segs(sqe, len)?;
         let mem = self.mem.as_ref().ok_or(Status::DATA_TRANSFER_ERROR)?;
         let mut v = vec![0u8; len];
-        copy_from_guest(mem, &segs, &mut v)?;
+        gather(mem, self.msg_dma.as_deref(), &segs, &mut v)?;
         Ok(v)
     }
 
@@ -745,7 +747,7 @@ impl Controller {
             _ => return Err(Status::INVALID_FIELD),
         }
         let mut raw = vec![0u8; len];
-        copy_from_guest(&mem, &segs, &mut raw)?;
+        gather(&mem, self.msg_dma.as_deref(), &segs, &mut raw)?;
         let mut reqs = Vec::new();
         for r in raw.chunks_exact(16) {
             let mut nlb = [0u8; 4];

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use tracing::debug;
 
-use crate::prp::{walk_prp, walk_sgl, IovSink, SegSink, PAGE_SIZE};
+use crate::bounce::{Bounce, MsgDma};
+use crate::prp::{walk_prp, walk_sgl, IovSink, Seg, SegSink, PAGE_SIZE};
 use crate::spec::{aen, io, reg, Cqe, Sqe, Status};
 use crate::sys::{DoorbellPage, Ring, DOORBELL_COUNT};
 use crate::GuestMem;
@@ -383,6 +384,8 @@ struct Slot {
     live: bool,
     /// Belongs to a queue set that was reset: complete silently.
     orphan: bool,
+    /// Host buffer standing in for fd-less guest memory (see [`crate::bounce`]).
+    bounce: Option<Bounce>,
 }
 
 /// Values of the Set/Get Features the controller keeps.
@@ -485,6 +488,8 @@ pub struct Controller {
     pub(crate) shared: Arc<Shared>,
     irq: Arc<dyn InterruptSink>,
     pub(crate) mem: Option<Arc<GuestMem>>,
+    /// DMA_READ/DMA_WRITE access to fd-less windows (bounce path), while bus master is on.
+    pub(crate) msg_dma: Option<Arc<dyn MsgDma>>,
     pub(crate) ns: Vec<Option<Namespace>>,
     pub(crate) sqs: Vec<Option<Sq>>,
     pub(crate) cqs: Vec<Option<Cq>>,
@@ -544,6 +549,7 @@ impl Controller {
             shared,
             irq,
             mem: None,
+            msg_dma: None,
             ns: (0..nn).map(|_| None).collect(),
             sqs: (0..nq).map(|_| None).collect(),
             cqs: (0..nq).map(|_| None).collect(),
@@ -747,6 +753,13 @@ impl Controller {
                 }
             }
         }
+    }
+
+    /// Install (or remove) message-based access to DMA windows without an fd: data
+    /// buffers there are bounced through it (see [`crate::bounce`]); without it they
+    /// complete with Data Transfer Error.
+    pub fn set_msg_dma(&mut self, dma: Option<Arc<dyn MsgDma>>) {
+        self.msg_dma = dma;
     }
 
     /// The current DMA snapshot.
@@ -1456,6 +1469,7 @@ impl Controller {
         if let Some(s) = self.slots.get_mut(i as usize) {
             s.live = false;
             s.orphan = false;
+            s.bounce = None;
             self.free_slots.push(i);
         }
     }
@@ -1518,6 +1532,7 @@ impl Controller {
         }
         let slot = self.alloc_slot();
         let mut iov = IoVecs::new();
+        let mut bounce = None;
         if needs_data {
             let Some(mem) = self.mem.as_ref() else {
                 self.free_slot(slot);
@@ -1532,16 +1547,34 @@ impl Controller {
                 1 | 2 => walk_sgl(mem, &sqe.sgl_bytes(), len, &mut sink),
                 _ => Err(Status::INVALID_FIELD),
             };
-            if let Err(st) = r {
-                self.free_slot(slot);
-                return Err(st);
+            match r {
+                Ok(()) => sink.finish(),
+                // Translation to mapped memory failed: the only place a bounce is tried.
+                Err(Status::DATA_TRANSFER_ERROR) if self.msg_dma.is_some() => {
+                    match self.bounce_prepare(sqe, len, op == IoOp::Read) {
+                        Ok(b) => bounce = Some(b),
+                        Err(st) => {
+                            self.free_slot(slot);
+                            return Err(st);
+                        }
+                    }
+                }
+                Err(st) => {
+                    self.free_slot(slot);
+                    return Err(st);
+                }
             }
-            sink.finish();
         }
-        let keep = self
-            .mem
-            .as_ref()
-            .map(|m| Arc::clone(m) as Arc<dyn std::any::Any + Send + Sync>);
+        let keep = match &bounce {
+            Some(b) => {
+                iov = b.iovecs();
+                Some(b.keepalive())
+            }
+            None => self
+                .mem
+                .as_ref()
+                .map(|m| Arc::clone(m) as Arc<dyn std::any::Any + Send + Sync>),
+        };
         if let Some(s) = self.slots.get_mut(slot as usize) {
             s.sqid = sqid;
             s.cid = sqe.cid();
@@ -1553,6 +1586,7 @@ impl Controller {
             s.bytes = len;
             s.live = true;
             s.orphan = false;
+            s.bounce = bounce;
         }
         let req = IoRequest {
             op,
@@ -1580,6 +1614,36 @@ impl Controller {
                 self.stats.backend_busy += 1;
                 ns.retry.push_back(rej.io);
             }
+        }
+    }
+
+    /// Re-walks a command whose data did not translate to mapped memory into plain
+    /// segments and stages it in a host buffer (PRP lists / SGL segments must still be
+    /// mapped). Off the fd-backed hot path by construction.
+    #[cold]
+    #[inline(never)]
+    fn bounce_prepare(&self, sqe: &Sqe, len: u64, to_guest: bool) -> Result<Bounce, Status> {
+        let mem = self.mem.as_ref().ok_or(Status::DATA_TRANSFER_ERROR)?;
+        let dma = self.msg_dma.as_deref().ok_or(Status::DATA_TRANSFER_ERROR)?;
+        let mut segs: Vec<Seg> = Vec::new();
+        match sqe.psdt() {
+            0 => walk_prp(mem, sqe.prp1(), sqe.prp2(), len, &mut segs)?,
+            1 | 2 => walk_sgl(mem, &sqe.sgl_bytes(), len, &mut segs)?,
+            _ => return Err(Status::INVALID_FIELD),
+        }
+        Bounce::prepare(mem, dma, segs, len, to_guest)
+    }
+
+    /// Completes a bounced command's data movement (Read: host buffer -> guest).
+    #[cold]
+    #[inline(never)]
+    fn bounce_finish(&self, b: &Bounce) -> Status {
+        let Some(mem) = self.mem.as_ref() else {
+            return Status::DATA_TRANSFER_ERROR;
+        };
+        match b.finish(mem, self.msg_dma.as_deref()) {
+            Ok(()) => Status::SUCCESS,
+            Err(st) => st,
         }
     }
 
@@ -1685,11 +1749,16 @@ impl Controller {
         if s.pending > 0 {
             return;
         }
-        let (sqid, cid, status, orphan) = (s.sqid, s.cid, s.status, s.orphan);
+        let (sqid, cid, mut status, orphan) = (s.sqid, s.cid, s.status, s.orphan);
         let (is_read, is_write, bytes) = (s.is_read, s.is_write, s.bytes);
+        let bounce = s.bounce.take();
         self.free_slot(idx);
         if orphan {
             return;
+        }
+        if let (Some(b), true) = (bounce, status.is_success()) {
+            // Before the CQE: the host must find the data in place when it sees success.
+            status = self.bounce_finish(&b);
         }
         if status.is_success() {
             if is_read {
@@ -1931,6 +2000,103 @@ mod tests {
         assert!(c.keep_alive.is_none());
         let mut h2 = FakeHost::with_memory(h.mem.clone(), 2 << 20, 4 << 20);
         assert_eq!(h2.enable(&mut c, 16) & 3, 1, "RDY without CFS after reset");
+    }
+
+    /// Data buffers in an fd-less window are bounced through `MsgDma`; lists stay in
+    /// mapped memory; failures are Data Transfer Errors and the controller carries on.
+    #[test]
+    fn bounce_through_messages() {
+        use crate::bounce::tests::FakeMsgDma;
+        use crate::spec::{io, Status};
+        use crate::testkit::rw;
+        use std::sync::atomic::Ordering;
+        const W: u64 = 0x1000_0000;
+        let mut c = Controller::new(ControllerConfig::default(), Arc::new(NoInterrupts)).unwrap();
+        let bdev = sluice_bdev::MallocBdev::new("m", 512, 4096, None).unwrap();
+        c.add_namespace(Some(1), Arc::new(bdev)).unwrap();
+        let mut h = FakeHost::new(4 << 20);
+        assert_eq!(h.enable(&mut c, 16) & 3, 1);
+        assert!(h.create_pair(&mut c, 1, 16));
+        let d = Arc::new(FakeMsgDma::new(W, 0x10_0000, true, true));
+        let data: Vec<u8> = (0..0x3000u32).map(|i| (i * 7 % 251) as u8).collect();
+        d.poke(W + 0x800, &data);
+        // Without the message channel: Data Transfer Error, as before.
+        let st = |h: &mut FakeHost, c: &mut Controller, s| h.io(c, 1, s).unwrap().status;
+        assert_eq!(
+            st(
+                &mut h,
+                &mut c,
+                rw(io::WRITE, 1, 0, 8, W + 0x800, W + 0x1000)
+            ),
+            Status::DATA_TRANSFER_ERROR
+        );
+        c.set_msg_dma(Some(d.clone()));
+        // Write from PRP1 + PRP2 in the window, read back into mapped memory.
+        let w = rw(io::WRITE, 1, 0, 8, W + 0x800, W + 0x1000);
+        assert_eq!(st(&mut h, &mut c, w), Status::SUCCESS);
+        let buf = h.alloc(0x1000);
+        assert_eq!(
+            st(&mut h, &mut c, rw(io::READ, 1, 0, 8, buf, 0)),
+            Status::SUCCESS
+        );
+        assert_eq!(h.read(buf, 0x1000), &data[..0x1000]);
+        // Read into the window through a PRP list (in mapped memory), mixed with a mapped
+        // page: the whole command is bounced.
+        let list = h.alloc(0x1000);
+        let mapped = h.alloc(0x1000);
+        h.write(list, &(W + 0x4000u64).to_le_bytes());
+        h.write(list + 8, &mapped.to_le_bytes());
+        let r = rw(io::READ, 1, 0, 24, W + 0x3000, list);
+        // 24 blocks = 12 KiB: sectors 8..24 hold zeros (never written).
+        assert_eq!(st(&mut h, &mut c, r), Status::SUCCESS);
+        assert_eq!(d.peek(W + 0x3000, 0x1000), &data[..0x1000]);
+        assert_eq!(d.peek(W + 0x4000, 0x1000), vec![0u8; 0x1000]);
+        // A PRP list inside the window is not supported: Data Transfer Error.
+        d.poke(W + 0x8000, &(W + 0x9000u64).to_le_bytes());
+        let r = rw(io::READ, 1, 0, 24, W + 0x3000, W + 0x8000);
+        assert_eq!(st(&mut h, &mut c, r), Status::DATA_TRANSFER_ERROR);
+        // The client failing: Data Transfer Error, then a good I/O succeeds.
+        d.broken.store(true, Ordering::Relaxed);
+        let r = rw(io::READ, 1, 0, 1, W, 0);
+        assert_eq!(st(&mut h, &mut c, r), Status::DATA_TRANSFER_ERROR);
+        let w = rw(io::WRITE, 1, 0, 1, W, 0);
+        assert_eq!(st(&mut h, &mut c, w), Status::DATA_TRANSFER_ERROR);
+        d.broken.store(false, Ordering::Relaxed);
+        assert_eq!(
+            st(&mut h, &mut c, rw(io::READ, 1, 0, 1, W, 0)),
+            Status::SUCCESS
+        );
+        // A read-only window as a read destination.
+        let ro = Arc::new(FakeMsgDma::new(W, 0x10_0000, true, false));
+        c.set_msg_dma(Some(ro));
+        assert_eq!(
+            st(&mut h, &mut c, rw(io::READ, 1, 0, 1, W, 0)),
+            Status::DATA_TRANSFER_ERROR
+        );
+        assert_eq!(
+            st(&mut h, &mut c, rw(io::WRITE, 1, 0, 1, W, 0)),
+            Status::SUCCESS,
+            "a read-only window is a fine write source"
+        );
+        assert_eq!(c.inflight(), 0);
+    }
+
+    /// Admin data (Identify) reaches an fd-less window too.
+    #[test]
+    fn admin_data_through_messages() {
+        use crate::bounce::tests::FakeMsgDma;
+        use crate::testkit::with_prps;
+        const W: u64 = 0x1000_0000;
+        let mut c = Controller::new(ControllerConfig::default(), Arc::new(NoInterrupts)).unwrap();
+        let mut h = FakeHost::new(4 << 20);
+        assert_eq!(h.enable(&mut c, 16) & 3, 1);
+        let mut id = with_prps(sqe(admin::IDENTIFY, 0), W, 0);
+        id.dw[10] = 1;
+        assert!(!h.admin(&mut c, id).unwrap().status.is_success());
+        let d = Arc::new(FakeMsgDma::new(W, 0x1000, true, true));
+        c.set_msg_dma(Some(d.clone()));
+        assert!(h.admin(&mut c, id).unwrap().status.is_success());
+        assert_eq!(&d.peek(W, 2), &0x4e58u16.to_le_bytes(), "VID");
     }
 
     #[test]

@@ -87,6 +87,7 @@
 //!   messages) fail with Data Transfer Error: nothing is bounced.
 
 pub mod admin;
+pub mod bounce;
 pub mod ctrl;
 pub mod fuzzing;
 pub mod pci;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use rustix::io::Errno;
 use sluice_pci::{BarConfig, ConfigError, MsixConfig, PciConfig, PciEndpoint, PciFunction};
 use vfu_server::proto::SparseArea;
-use vfu_server::{DeviceContext, DmaEvent, DmaMemory, RegionMmap, ResetKind};
+use vfu_server::{DeviceContext, DmaEvent, DmaHandle, DmaMemory, RegionMmap, ResetKind};
 
 use crate::ctrl::{BarError, Controller, InterruptSink, MSIX_VECTORS};
 use crate::poller::{ControllerHandle, PollerGone, PollerHandle};
@@ -88,6 +88,8 @@ pub struct NvmeFunction {
     mappable_bar0: bool,
     bus_master: bool,
     memory: Option<Arc<DmaMemory>>,
+    /// The session's DMA handle: DMA_READ/WRITE for fd-less windows (bounce buffers).
+    dma: Option<DmaHandle>,
 }
 
 /// Build a PCI endpoint around `ctrl`, placing the controller on `poller`. Returns the
@@ -110,6 +112,7 @@ pub fn nvme_endpoint(
             mappable_bar0,
             bus_master: false,
             memory: None,
+            dma: None,
         })
     })?;
     let control = control.ok_or(NvmePciError::Poller(PollerGone))?;
@@ -130,12 +133,21 @@ impl NvmeFunction {
     }
 
     fn push_memory(&self) -> Result<(), Errno> {
-        let mem = if self.bus_master {
-            self.memory.clone()
+        let (mem, dma) = if self.bus_master {
+            let dma = self
+                .dma
+                .clone()
+                .map(|d| Arc::new(d) as Arc<dyn crate::bounce::MsgDma>);
+            (self.memory.clone(), dma)
         } else {
-            None
+            (None, None)
         };
-        self.handle.set_memory(mem).map_err(|_| Errno::IO)
+        self.handle
+            .call(true, move |c| {
+                c.set_memory(mem);
+                c.set_msg_dma(dma);
+            })
+            .map_err(|_| Errno::IO)
     }
 }
 
@@ -174,18 +186,24 @@ impl PciFunction for NvmeFunction {
             .call(true, |c| {
                 c.function_reset();
                 c.set_memory(None);
+                c.set_msg_dma(None);
             })
             .map_err(|_| Errno::IO)
     }
 
     fn attach(&mut self, ctx: &DeviceContext) {
         self.memory = Some(ctx.dma.memory());
+        self.dma = Some(ctx.dma.clone());
         let _ = self.push_memory();
     }
 
     fn detach(&mut self) {
         self.memory = None;
-        let _ = self.handle.set_memory(None);
+        self.dma = None;
+        let _ = self.handle.call(true, |c| {
+            c.set_memory(None);
+            c.set_msg_dma(None);
+        });
     }
 
     fn dma_map(&mut self, _ev: &DmaEvent, mem: &Arc<DmaMemory>) -> Result<(), Errno> {

@@ -347,40 +347,6 @@ impl SegSink for IovSink<'_> {
     }
 }
 
-/// Copy host bytes to the guest segments (admin data-in), stopping at the shorter one.
-pub fn copy_to_guest(mem: &GuestMem, segs: &[Seg], data: &[u8]) -> Result<(), Status> {
-    let mut done = 0usize;
-    for s in segs {
-        let Some(rest) = data.get(done..) else { break };
-        let n = usize::try_from(s.len)
-            .map_err(|_| Status::DATA_TRANSFER_ERROR)?
-            .min(rest.len());
-        let chunk = rest.get(..n).ok_or(Status::INTERNAL_ERROR)?;
-        mem.write_slice(chunk, GuestAddress(s.addr))
-            .map_err(|_| Status::DATA_TRANSFER_ERROR)?;
-        done += n;
-    }
-    Ok(())
-}
-
-/// Copy guest segments into host bytes (admin data-out).
-pub fn copy_from_guest(mem: &GuestMem, segs: &[Seg], data: &mut [u8]) -> Result<(), Status> {
-    let mut done = 0usize;
-    for s in segs {
-        let Some(rest) = data.get_mut(done..) else {
-            break;
-        };
-        let n = usize::try_from(s.len)
-            .map_err(|_| Status::DATA_TRANSFER_ERROR)?
-            .min(rest.len());
-        let chunk = rest.get_mut(..n).ok_or(Status::INTERNAL_ERROR)?;
-        mem.read_slice(chunk, GuestAddress(s.addr))
-            .map_err(|_| Status::DATA_TRANSFER_ERROR)?;
-        done += n;
-    }
-    Ok(())
-}
-
 /// A deliberately simple reference PRP walker (recursive description of the spec) used by
 /// the property tests and fuzzers to cross-check [`walk_prp`].
 pub fn reference_prp(mem: &GuestMem, prp1: u64, prp2: u64, len: u64) -> Result<Vec<Seg>, Status> {
@@ -713,16 +679,16 @@ mod tests {
             },
         ];
         let data: Vec<u8> = (0..32u8).collect();
-        copy_to_guest(&m, &segs, &data).unwrap();
+        crate::bounce::scatter(&m, None, &segs, &data).unwrap();
         let mut back = [0u8; 32];
-        copy_from_guest(&m, &segs, &mut back).unwrap();
+        crate::bounce::gather(&m, None, &segs, &mut back).unwrap();
         assert_eq!(&back[..], &data[..]);
         let bad = vec![Seg {
             addr: 0x18_0000,
             len: 0x10,
         }];
         assert_eq!(
-            copy_to_guest(&m, &bad, &data),
+            crate::bounce::scatter(&m, None, &bad, &data),
             Err(Status::DATA_TRANSFER_ERROR)
         );
     }
