@@ -188,11 +188,7 @@ impl IoChannel for ErrorChannel {
     }
 
     fn poll(&mut self, done: &mut dyn FnMut(IoCompletion)) -> usize {
-        let n = self.failed.len();
-        for c in self.failed.drain(..) {
-            done(c);
-        }
-        n + self.inner.poll(done)
+        crate::ready::drain(&mut self.failed, done) + self.inner.poll(done)
     }
 
     fn in_flight(&self) -> usize {

@@ -229,15 +229,7 @@ impl FileBdev {
             block_size,
             num_blocks,
             uuid: opts.uuid.unwrap_or_else(uuid::Uuid::new_v4),
-            caps: BdevCaps {
-                read: true,
-                write: true,
-                flush: true,
-                unmap: true,
-                write_zeroes: true,
-                compare: true,
-                fua: true,
-            },
+            caps: BdevCaps::ALL,
             volatile_write_cache: true,
             max_queue_depth: opts.queue_depth.clamp(1, 4096),
             required_alignment: if direct.is_some() {

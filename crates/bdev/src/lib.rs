@@ -40,6 +40,7 @@ pub mod malloc;
 pub mod nbd;
 pub mod null;
 pub mod qos;
+mod ready;
 pub mod rpc;
 pub mod stats;
 pub mod sys;
@@ -109,6 +110,17 @@ pub struct BdevCaps {
 }
 
 impl BdevCaps {
+    /// Every operation supported (FUA honoured).
+    pub const ALL: BdevCaps = BdevCaps {
+        read: true,
+        write: true,
+        flush: true,
+        unmap: true,
+        write_zeroes: true,
+        compare: true,
+        fua: true,
+    };
+
     /// Whether `op` is supported.
     pub fn supports(&self, op: IoOp) -> bool {
         match op {

@@ -2,12 +2,8 @@
 //! behaviour, cheapest: no byte is touched); writes are discarded. Every request is still
 //! validated (range, alignment, iovec length) so error paths behave like a real device.
 
-use std::collections::VecDeque;
-
-use crate::{
-    validate, Bdev, BdevCaps, BdevError, BdevInfo, IoChannel, IoCompletion, IoRequest,
-    RejectReason, Rejected,
-};
+use crate::ready::ImmediateChannel;
+use crate::{validate, Bdev, BdevCaps, BdevError, BdevInfo, IoChannel, IoRequest};
 
 /// Default per-channel queue depth of the null bdev.
 pub const NULL_QUEUE_DEPTH: u32 = 1024;
@@ -40,27 +36,7 @@ impl NullBdev {
             )));
         }
         Ok(NullBdev {
-            info: BdevInfo {
-                name: name.to_owned(),
-                product_name: "Null disk".into(),
-                block_size,
-                num_blocks,
-                uuid: uuid.unwrap_or_else(uuid::Uuid::new_v4),
-                caps: BdevCaps {
-                    read: true,
-                    write: true,
-                    flush: true,
-                    unmap: true,
-                    write_zeroes: true,
-                    compare: false,
-                    fua: true,
-                },
-                volatile_write_cache: false,
-                max_queue_depth: NULL_QUEUE_DEPTH,
-                required_alignment: 1,
-                max_io_bytes: 0,
-                read_only: false,
-            },
+            info: null_info(name, block_size, num_blocks, uuid),
         })
     }
 
@@ -68,28 +44,27 @@ impl NullBdev {
     pub fn fallback(name: &str) -> Self {
         let name = if name.is_empty() { "Null" } else { name };
         NullBdev {
-            info: BdevInfo {
-                name: name.to_owned(),
-                product_name: "Null disk".into(),
-                block_size: 512,
-                num_blocks: 2048,
-                uuid: uuid::Uuid::new_v4(),
-                caps: BdevCaps {
-                    read: true,
-                    write: true,
-                    flush: true,
-                    unmap: true,
-                    write_zeroes: true,
-                    compare: false,
-                    fua: true,
-                },
-                volatile_write_cache: false,
-                max_queue_depth: NULL_QUEUE_DEPTH,
-                required_alignment: 1,
-                max_io_bytes: 0,
-                read_only: false,
-            },
+            info: null_info(name, 512, 2048, None),
         }
+    }
+}
+
+fn null_info(name: &str, block_size: u32, num_blocks: u64, uuid: Option<uuid::Uuid>) -> BdevInfo {
+    BdevInfo {
+        name: name.to_owned(),
+        product_name: "Null disk".into(),
+        block_size,
+        num_blocks,
+        uuid: uuid.unwrap_or_else(uuid::Uuid::new_v4),
+        caps: BdevCaps {
+            compare: false,
+            ..BdevCaps::ALL
+        },
+        volatile_write_cache: false,
+        max_queue_depth: NULL_QUEUE_DEPTH,
+        required_alignment: 1,
+        max_io_bytes: 0,
+        read_only: false,
     }
 }
 
@@ -99,52 +74,19 @@ impl Bdev for NullBdev {
     }
 
     fn open_channel(&self) -> Result<Box<dyn IoChannel>, BdevError> {
-        Ok(Box::new(NullChannel {
-            info: self.info.clone(),
-            done: VecDeque::with_capacity(self.info.max_queue_depth as usize),
-        }))
-    }
-}
-
-/// Completes everything on the next poll; no allocation per I/O.
-struct NullChannel {
-    info: BdevInfo,
-    done: VecDeque<IoCompletion>,
-}
-
-impl IoChannel for NullChannel {
-    fn submit(&mut self, io: IoRequest) -> Result<(), Rejected> {
-        if self.done.len() >= self.info.max_queue_depth as usize {
-            return Err(Rejected {
-                io,
-                reason: RejectReason::QueueFull,
-            });
-        }
-        let result = validate::check(&self.info, &io);
-        self.done.push_back(IoCompletion {
-            tag: io.tag,
-            result,
-        });
-        Ok(())
-    }
-
-    fn poll(&mut self, done: &mut dyn FnMut(IoCompletion)) -> usize {
-        let n = self.done.len();
-        for c in self.done.drain(..) {
-            done(c);
-        }
-        n
-    }
-
-    fn in_flight(&self) -> usize {
-        self.done.len()
+        // Completes everything on the next poll; no allocation per I/O.
+        let info = self.info.clone();
+        Ok(Box::new(ImmediateChannel::new(
+            self.info.max_queue_depth,
+            move |io: &IoRequest| validate::check(&info, io),
+        )))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{sys::iovec_of, IoError, IoOp, IoVecs};
+    use crate::{sys::iovec_of, IoCompletion, IoError, IoOp, IoVecs, RejectReason};
 
     #[test]
     fn rejects_bad_params() {

@@ -177,6 +177,18 @@ impl RawBuf {
 
     /// Copy `len` bytes at `off` into the iovecs. `false` if out of range.
     pub fn read_to_iovecs(&self, off: u64, len: usize, iov: &IoVecs) -> bool {
+        self.copy_iovecs(off, len, iov, true)
+    }
+
+    /// Copy `len` bytes from the iovecs to `off`. `false` if out of range.
+    pub fn write_from_iovecs(&self, off: u64, len: usize, iov: &IoVecs) -> bool {
+        self.copy_iovecs(off, len, iov, false)
+    }
+
+    /// Copies `len` bytes between `off` and the iovecs: into them when `to_iovecs`, out of
+    /// them otherwise. `false` if out of range.
+    #[inline]
+    fn copy_iovecs(&self, off: u64, len: usize, iov: &IoVecs, to_iovecs: bool) -> bool {
         let Some(base) = self.range(off, len) else {
             return false;
         };
@@ -187,26 +199,16 @@ impl RawBuf {
                 return;
             }
             // SAFETY: `o + n <= len` and `base..base+len` is inside the mapping (checked by
-            // `range`); the destination is inside one live iovec. Guest memory and our
+            // `range`); `v_ptr..v_ptr+n` is inside one live iovec. Guest memory and our
             // private mapping never overlap.
-            unsafe { std::ptr::copy_nonoverlapping(base.add(o).cast_const(), v_ptr, n) };
-        });
-        ok
-    }
-
-    /// Copy `len` bytes from the iovecs to `off`. `false` if out of range.
-    pub fn write_from_iovecs(&self, off: u64, len: usize, iov: &IoVecs) -> bool {
-        let Some(base) = self.range(off, len) else {
-            return false;
-        };
-        let mut ok = true;
-        for_each_chunk(iov, 0, len, |v_ptr, o, n| {
-            if o.checked_add(n).is_none_or(|e| e > len) {
-                ok = false;
-                return;
+            unsafe {
+                let ours = base.add(o);
+                if to_iovecs {
+                    std::ptr::copy_nonoverlapping(ours.cast_const(), v_ptr, n);
+                } else {
+                    std::ptr::copy_nonoverlapping(v_ptr.cast_const(), ours, n);
+                }
             }
-            // SAFETY: as in `read_to_iovecs`, with the direction reversed.
-            unsafe { std::ptr::copy_nonoverlapping(v_ptr.cast_const(), base.add(o), n) };
         });
         ok
     }

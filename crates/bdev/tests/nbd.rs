@@ -64,6 +64,14 @@ fn qemu_nbd_unix(image: &Path, sock: &Path) -> Server {
     Server(child)
 }
 
+/// A `size`-byte image in `dir` served by qemu-nbd on `dir/nbd.sock` (export "exp").
+fn qemu_nbd_image(dir: &Path, size: u64) -> (Server, PathBuf, PathBuf) {
+    let img = image(dir, size);
+    let sock = dir.join("nbd.sock");
+    let srv = qemu_nbd_unix(&img, &sock);
+    (srv, img, sock)
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -90,9 +98,7 @@ fn nbd(addr: NbdAddr, export: &str, timeout: Duration) -> (Arc<NbdBdev>, Arc<dyn
 #[test]
 fn qemu_nbd_unix_integrity() {
     let dir = tempfile::tempdir().unwrap();
-    let img = image(dir.path(), 16 << 20);
-    let sock = dir.path().join("nbd.sock");
-    let _srv = qemu_nbd_unix(&img, &sock);
+    let (_srv, _img, sock) = qemu_nbd_image(dir.path(), 16 << 20);
     let (raw, b) = nbd(NbdAddr::Unix(sock), "exp", Duration::from_secs(10));
     let caps = b.info().caps;
     assert!(
@@ -144,18 +150,7 @@ fn qemu_nbd_tcp_integrity() {
 #[test]
 fn nbdkit_memory_integrity() {
     let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("kit.sock");
-    let child = Command::new(tool("nbdkit"))
-        .args(["-f", "-U"])
-        .arg(&sock)
-        .args(["memory", "size=16M"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn nbdkit");
-    let _srv = Server(child);
-    wait_for(|| sock.exists(), "nbdkit socket");
-    let (_raw, b) = nbd(NbdAddr::Unix(sock), "", Duration::from_secs(10));
+    let (_srv, _raw, b) = nbdkit_bdev(dir.path(), &["memory", "size=16M"], Duration::from_secs(10));
     assert!(b.info().caps.flush && b.info().caps.unmap);
     common::integrity(b.as_ref(), 8 << 20, 150, 13);
 }
@@ -163,9 +158,7 @@ fn nbdkit_memory_integrity() {
 #[test]
 fn nbd_server_killed_mid_io_fails_in_bound_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let img = image(dir.path(), 8 << 20);
-    let sock = dir.path().join("nbd.sock");
-    let srv = qemu_nbd_unix(&img, &sock);
+    let (srv, img, sock) = qemu_nbd_image(dir.path(), 8 << 20);
     let timeout = Duration::from_millis(1500);
     let (raw, b) = nbd(NbdAddr::Unix(sock.clone()), "exp", timeout);
     let mut ch = b.open_channel().unwrap();
@@ -232,15 +225,26 @@ fn nbdkit_unix(dir: &Path, args: &[&str]) -> (Server, PathBuf) {
     (srv, sock)
 }
 
+/// nbdkit with `args` and an NBD bdev connected to it with I/O timeout `timeout`.
+fn nbdkit_bdev(
+    dir: &Path,
+    args: &[&str],
+    timeout: Duration,
+) -> (Server, Arc<NbdBdev>, Arc<dyn Bdev>) {
+    let (srv, sock) = nbdkit_unix(dir, args);
+    let (raw, b) = nbd(NbdAddr::Unix(sock), "", timeout);
+    (srv, raw, b)
+}
+
 #[test]
 fn fua_is_emulated_with_flush_when_server_lacks_it() {
     let dir = tempfile::tempdir().unwrap();
-    let (_srv, sock) = nbdkit_unix(
+    let (_srv, _raw, b) = nbdkit_bdev(
         dir.path(),
         // The fua filter's default mode is "none": FUA is not advertised.
         &["--filter=fua", "memory", "size=4M"],
+        Duration::from_secs(10),
     );
-    let (_raw, b) = nbd(NbdAddr::Unix(sock), "", Duration::from_secs(10));
     let caps = b.info().caps;
     assert!(!caps.fua && caps.flush, "{caps:?}");
     let mut ch = b.open_channel().unwrap();
@@ -257,7 +261,7 @@ fn fua_is_emulated_with_flush_when_server_lacks_it() {
 #[test]
 fn server_side_errors_map_to_media_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let (_srv, sock) = nbdkit_unix(
+    let (_srv, raw, b) = nbdkit_bdev(
         dir.path(),
         &[
             "--filter=error",
@@ -266,8 +270,8 @@ fn server_side_errors_map_to_media_errors() {
             "error=EIO",
             "error-pread-rate=100%",
         ],
+        Duration::from_secs(10),
     );
-    let (raw, b) = nbd(NbdAddr::Unix(sock), "", Duration::from_secs(10));
     let mut ch = b.open_channel().unwrap();
     common::write_at(ch.as_mut(), 0, &[1; 512], false).unwrap();
     assert_eq!(
@@ -282,12 +286,12 @@ fn server_side_errors_map_to_media_errors() {
 #[test]
 fn hung_server_times_out_within_bound() {
     let dir = tempfile::tempdir().unwrap();
-    let (_srv, sock) = nbdkit_unix(
+    let timeout = Duration::from_millis(800);
+    let (_srv, _raw, b) = nbdkit_bdev(
         dir.path(),
         &["--filter=delay", "memory", "size=4M", "delay-read=30"],
+        timeout,
     );
-    let timeout = Duration::from_millis(800);
-    let (_raw, b) = nbd(NbdAddr::Unix(sock), "", timeout);
     let mut ch = b.open_channel().unwrap();
     let start = Instant::now();
     assert_eq!(
@@ -306,17 +310,14 @@ fn hung_server_times_out_within_bound() {
 #[test]
 fn nbd_concurrent_channels_share_one_connection() {
     let dir = tempfile::tempdir().unwrap();
-    let (_srv, sock) = nbdkit_unix(dir.path(), &["memory", "size=8M"]);
-    let (_raw, b) = nbd(NbdAddr::Unix(sock), "", Duration::from_secs(10));
+    let (_srv, _raw, b) = nbdkit_bdev(dir.path(), &["memory", "size=8M"], Duration::from_secs(10));
     common::concurrent_channels(b, 4, 1 << 20);
 }
 
 #[test]
 fn silent_server_during_reconnect_does_not_stretch_the_bound() {
     let dir = tempfile::tempdir().unwrap();
-    let img = image(dir.path(), 4 << 20);
-    let sock = dir.path().join("nbd.sock");
-    let srv = qemu_nbd_unix(&img, &sock);
+    let (srv, _img, sock) = qemu_nbd_image(dir.path(), 4 << 20);
     let timeout = Duration::from_millis(1000);
     let (raw, b) = nbd(NbdAddr::Unix(sock.clone()), "exp", timeout);
     let mut ch = b.open_channel().unwrap();

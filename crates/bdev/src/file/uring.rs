@@ -304,11 +304,7 @@ impl IoChannel for UringChannel {
         self.reap();
         // A retry (punch after zero-range) may have been pushed while reaping.
         self.flush_sq();
-        let n = self.local.len();
-        for c in self.local.drain(..) {
-            done(c);
-        }
-        n
+        crate::ready::drain(&mut self.local, done)
     }
 
     fn in_flight(&self) -> usize {
