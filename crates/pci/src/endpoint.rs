@@ -827,18 +827,23 @@ mod tests {
         .unwrap();
     }
 
-    #[test]
-    fn intx_unmask_protocol_and_disable_bit() {
-        let (mut ep, fds) = endpoint();
-        let fd = fds.install(IRQ_INTX, 0);
-        let sink = ep.interrupt_sink();
-        let unmask = IrqSetEvent {
+    /// The client's INTx UNMASK (QEMU sends it after each INTx interrupt).
+    fn intx_unmask() -> IrqSetEvent {
+        IrqSetEvent {
             index: IRQ_INTX,
             start: 0,
             count: 1,
             action: IrqAction::Unmask,
             data: IrqSetData::None,
-        };
+        }
+    }
+
+    #[test]
+    fn intx_unmask_protocol_and_disable_bit() {
+        let (mut ep, fds) = endpoint();
+        let fd = fds.install(IRQ_INTX, 0);
+        let sink = ep.interrupt_sink();
+        let unmask = intx_unmask();
         assert_eq!(sink.fire(0), FireOutcome::Delivered);
         assert_eq!(sink.fire(0), FireOutcome::Pending, "auto-masked");
         assert_ne!(cfg_r16(&mut ep, 6) & STATUS_INTX, 0, "interrupt status");
@@ -863,13 +868,7 @@ mod tests {
         let (mut ep, fds) = endpoint();
         let fd = fds.install(IRQ_INTX, 0);
         let sink = ep.interrupt_sink();
-        let unmask = IrqSetEvent {
-            index: IRQ_INTX,
-            start: 0,
-            count: 1,
-            action: IrqAction::Unmask,
-            data: IrqSetData::None,
-        };
+        let unmask = intx_unmask();
         // The guest consumed the work of the held pulse: level low, nothing redelivered.
         ep.function_mut().level = Some(false);
         assert_eq!(sink.fire(0), FireOutcome::Delivered);

@@ -343,29 +343,9 @@ impl Client {
         self.sock.send(&hdr, parts, fds)?;
         let mut rfds = Vec::new();
         loop {
-            rfds.clear();
-            let h = self
-                .sock
-                .recv_header(&mut rfds)?
-                .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
-            let n = h
-                .payload_len()
-                .ok_or(ClientError::Protocol("msg_size < 16"))?;
-            if n > MAX_REPLY {
-                return Err(ClientError::Protocol("reply too large"));
-            }
-            body.clear();
-            body.resize(n, 0);
-            self.sock.recv_exact(body)?;
+            let h = self.recv_msg(&mut rfds, body)?;
             if h.is_command() {
-                serve_dma(
-                    &self.sock,
-                    &self.windows,
-                    self.opts.max_data_xfer_size,
-                    &h,
-                    body,
-                    rfds.len(),
-                )?;
+                self.serve_peer(&h, body, rfds.len())?;
                 continue;
             }
             if h.msg_id != id || h.command != cmd as u16 {
@@ -382,6 +362,38 @@ impl Client {
             }
             return Ok((h, std::mem::take(&mut rfds)));
         }
+    }
+
+    /// Receives one whole message from the main socket: `fds` and `body` are replaced by
+    /// the message's fds and payload. The caller holds the `io` lock.
+    fn recv_msg(&self, fds: &mut Vec<OwnedFd>, body: &mut Vec<u8>) -> Result<Header> {
+        fds.clear();
+        let h = self
+            .sock
+            .recv_header(fds)?
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        let n = h
+            .payload_len()
+            .ok_or(ClientError::Protocol("msg_size < 16"))?;
+        if n > MAX_REPLY {
+            return Err(ClientError::Protocol("message too large"));
+        }
+        body.clear();
+        body.resize(n, 0);
+        self.sock.recv_exact(body)?;
+        Ok(h)
+    }
+
+    /// Answers a server-to-client request (DMA_READ/DMA_WRITE) received on the main socket.
+    fn serve_peer(&self, h: &Header, body: &[u8], nfds: usize) -> Result<()> {
+        Ok(serve_dma(
+            &self.sock,
+            &self.windows,
+            self.opts.max_data_xfer_size,
+            h,
+            body,
+            nfds,
+        )?)
     }
 
     fn request(&self, cmd: Command, parts: &[&[u8]], fds: &[BorrowedFd<'_>]) -> Result<Vec<u8>> {
@@ -421,29 +433,9 @@ impl Client {
                 Err(Errno::INTR) => continue,
                 Err(e) => return Err(ClientError::Errno(e)),
             }
-            fds.clear();
-            let h = self
-                .sock
-                .recv_header(&mut fds)?
-                .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
-            let n = h
-                .payload_len()
-                .ok_or(ClientError::Protocol("msg_size < 16"))?;
-            if n > MAX_REPLY {
-                return Err(ClientError::Protocol("message too large"));
-            }
-            body.clear();
-            body.resize(n, 0);
-            self.sock.recv_exact(&mut body)?;
+            let h = self.recv_msg(&mut fds, &mut body)?;
             if h.is_command() {
-                serve_dma(
-                    &self.sock,
-                    &self.windows,
-                    self.opts.max_data_xfer_size,
-                    &h,
-                    &body,
-                    fds.len(),
-                )?;
+                self.serve_peer(&h, &body, fds.len())?;
                 served = served.saturating_add(1);
             } else {
                 tracing::debug!(id = h.msg_id, "vfio-user client: unexpected reply dropped");

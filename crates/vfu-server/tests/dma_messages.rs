@@ -145,16 +145,7 @@ fn command_interleaved_before_dma_reply_is_served_after() {
     let m = r.recv().unwrap();
     assert_eq!(m.hdr.cmd(), Some(Command::DmaRead));
     // the client pipelines a GET_INFO before answering the DMA_READ
-    let gi = r.send(
-        Command::DeviceGetInfo as u16,
-        DeviceInfoMsg {
-            argsz: 16,
-            ..Default::default()
-        }
-        .bytes(),
-        &[],
-        0,
-    );
+    let gi = r.send(Command::DeviceGetInfo as u16, info_req(16).bytes(), &[], 0);
     let rw = DmaRw::decode(&m.body).unwrap();
     let mut p = rw.bytes().to_vec();
     p.extend_from_slice(&[7; 16]);

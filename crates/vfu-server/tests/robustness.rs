@@ -111,15 +111,7 @@ fn templates() -> Vec<Vec<u8>> {
             }
             .bytes(),
         ),
-        with_header(
-            c(Command::DeviceGetInfo),
-            0,
-            DeviceInfoMsg {
-                argsz: 16,
-                ..Default::default()
-            }
-            .bytes(),
-        ),
+        with_header(c(Command::DeviceGetInfo), 0, info_req(16).bytes()),
         with_header(
             c(Command::DeviceGetRegionInfo),
             0,

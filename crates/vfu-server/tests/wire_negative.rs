@@ -69,11 +69,7 @@ fn negotiate_rejects_and_closes_then_accepts_next() {
     let mut r = Raw::connect(&srv.path);
     r.expect_err(
         cmd(Command::DeviceGetInfo),
-        DeviceInfoMsg {
-            argsz: 16,
-            ..Default::default()
-        }
-        .bytes(),
+        info_req(16).bytes(),
         &[],
         EINVAL,
     );
@@ -144,16 +140,7 @@ fn request_framing_errors() {
     let srv = Running::start();
     // msg_size 15: EINVAL and the stream is closed (cannot resync)
     let mut r = Raw::negotiated(&srv.path);
-    r.send_bytes(
-        Header {
-            msg_id: 9,
-            command: 4,
-            msg_size: 15,
-            flags: 0,
-            error: 0,
-        }
-        .bytes(),
-    );
+    r.send_header(9, 4, 15);
     let rep = r.recv().unwrap();
     assert!(rep.hdr.is_error() && rep.hdr.error == EINVAL.raw_os_error() as u32);
     assert!(r.closed());
@@ -165,16 +152,7 @@ fn request_framing_errors() {
     drop(r);
     // absurd size: EINVAL then close; a new connection works
     let mut r = Raw::negotiated(&srv.path);
-    r.send_bytes(
-        Header {
-            msg_id: 1,
-            command: 10,
-            msg_size: u32::MAX,
-            flags: 0,
-            error: 0,
-        }
-        .bytes(),
-    );
+    r.send_header(1, 10, u32::MAX);
     let rep = r.recv().unwrap();
     assert!(rep.hdr.is_error());
     assert!(r.closed());
@@ -182,11 +160,7 @@ fn request_framing_errors() {
     let mut r = Raw::negotiated(&srv.path);
     r.send(
         cmd(Command::DeviceGetInfo),
-        DeviceInfoMsg {
-            argsz: 16,
-            ..Default::default()
-        }
-        .bytes(),
+        info_req(16).bytes(),
         &[],
         FLAG_TYPE_REPLY,
     );
@@ -254,11 +228,7 @@ fn bad_request_closes_its_fds() {
     let (rd, wr) = rustix::pipe::pipe().unwrap();
     let rep = r.call(
         cmd(Command::DeviceGetInfo),
-        DeviceInfoMsg {
-            argsz: 16,
-            ..Default::default()
-        }
-        .bytes(),
+        info_req(16).bytes(),
         &[wr.as_fd()],
     );
     assert!(!rep.hdr.is_error());
@@ -296,23 +266,11 @@ fn device_get_info() {
     );
     r.expect_err(
         cmd(Command::DeviceGetInfo),
-        DeviceInfoMsg {
-            argsz: 8,
-            ..Default::default()
-        }
-        .bytes(),
+        info_req(8).bytes(),
         &[],
         EINVAL,
     );
-    let rep = r.call(
-        cmd(Command::DeviceGetInfo),
-        DeviceInfoMsg {
-            argsz: 32,
-            ..Default::default()
-        }
-        .bytes(),
-        &[],
-    );
+    let rep = r.call(cmd(Command::DeviceGetInfo), info_req(32).bytes(), &[]);
     let i = DeviceInfoMsg::decode_exact(&rep.body).unwrap();
     assert_eq!(
         i,
@@ -907,16 +865,7 @@ fn stalled_partial_message_times_out_and_next_client_is_served() {
     });
     let mut r = Raw::negotiated(&srv.path);
     // a header announcing 8 payload bytes, then only 3 of them
-    r.send_bytes(
-        Header {
-            msg_id: 1,
-            command: 4,
-            msg_size: 24,
-            flags: 0,
-            error: 0,
-        }
-        .bytes(),
-    );
+    r.send_header(1, 4, 24);
     r.send_bytes(&[1, 2, 3]);
     assert!(r.closed(), "the session must be dropped after the timeout");
     let mut r2 = Raw::negotiated(&srv.path);
@@ -933,10 +882,7 @@ fn more_fds_than_the_control_buffer_closes_and_leaks_nothing() {
     let (rd, wr) = rustix::pipe::pipe().unwrap();
     let many: Vec<_> = (0..100).map(|_| wr.as_fd()).collect();
     let hdr = Header::command(3, Command::DeviceGetInfo, 16);
-    let body = DeviceInfoMsg {
-        argsz: 16,
-        ..Default::default()
-    };
+    let body = info_req(16);
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(100))];
     let mut ctrl = SendAncillaryBuffer::new(&mut space);
     assert!(ctrl.push(SendAncillaryMessage::ScmRights(&many)));

@@ -328,6 +328,17 @@ impl Raw {
         p.extend_from_slice(json);
         self.call(Command::Version as u16, &p, &[])
     }
+    /// Sends a bare header; the payload (if any) is up to the caller.
+    pub fn send_header(&mut self, msg_id: u16, command: u16, msg_size: u32) {
+        let h = Header {
+            msg_id,
+            command,
+            msg_size,
+            flags: 0,
+            error: 0,
+        };
+        self.send_bytes(h.bytes());
+    }
     /// Sends raw bytes as they are.
     pub fn send_bytes(&mut self, b: &[u8]) {
         self.s.write_all(b).unwrap();
@@ -392,18 +403,18 @@ impl Raw {
     }
     /// A good request works on this connection.
     pub fn assert_usable(&mut self) {
-        let r = self.call(
-            Command::DeviceGetInfo as u16,
-            DeviceInfoMsg {
-                argsz: 16,
-                ..Default::default()
-            }
-            .bytes(),
-            &[],
-        );
+        let r = self.call(Command::DeviceGetInfo as u16, info_req(16).bytes(), &[]);
         assert!(!r.hdr.is_error());
         let i = DeviceInfoMsg::decode(&r.body).unwrap();
         assert_eq!((i.num_regions, i.num_irqs), (9, 5));
+    }
+}
+
+/// A DEVICE_GET_INFO request payload with `argsz`.
+pub fn info_req(argsz: u32) -> DeviceInfoMsg {
+    DeviceInfoMsg {
+        argsz,
+        ..Default::default()
     }
 }
 
