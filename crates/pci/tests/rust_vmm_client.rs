@@ -14,18 +14,8 @@ mod common;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 
-use common::{CONFIG, MSIX};
+use common::{count, CONFIG, MSIX};
 use rustix::event::{eventfd, EventfdFlags};
-use rustix::io::Errno;
-
-fn count(fd: &OwnedFd) -> u64 {
-    let mut b = [0u8; 8];
-    match rustix::io::read(fd, &mut b) {
-        Ok(8) => u64::from_ne_bytes(b),
-        Ok(_) | Err(Errno::AGAIN) => 0,
-        Err(e) => panic!("eventfd read: {e}"),
-    }
-}
 
 #[test]
 fn rust_vmm_client_discovers_regions_and_gets_msix() {

@@ -13,7 +13,7 @@ mod common;
 
 use std::os::fd::{AsFd, OwnedFd};
 
-use common::{ServerRig, CONFIG, INTX, MSIX};
+use common::{count, ServerRig, CONFIG, INTX, MSIX};
 use rustix::event::{eventfd, EventfdFlags};
 use rustix::io::Errno;
 use sluice_pci::FireOutcome;
@@ -81,16 +81,6 @@ impl Rig {
         let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
         self.client.set_irq_eventfds(index, 0, &borrowed).unwrap();
         fds
-    }
-}
-
-/// Reads and resets an eventfd counter (0 when nothing was signalled).
-fn count(fd: &OwnedFd) -> u64 {
-    let mut b = [0u8; 8];
-    match rustix::io::read(fd, &mut b) {
-        Ok(8) => u64::from_ne_bytes(b),
-        Ok(_) | Err(Errno::AGAIN) => 0,
-        Err(e) => panic!("eventfd read: {e}"),
     }
 }
 

@@ -15,6 +15,16 @@ use sluice_pci::{
 use vfu_server::proto::SparseArea;
 use vfu_server::{RegionMmap, ResetKind, Server, ServerOptions, ShutdownHandle};
 
+/// Reads and resets an eventfd counter (0 when nothing was signalled).
+pub fn count(fd: &OwnedFd) -> u64 {
+    let mut b = [0u8; 8];
+    match rustix::io::read(fd, &mut b) {
+        Ok(8) => u64::from_ne_bytes(b),
+        Ok(_) | Err(Errno::AGAIN) => 0,
+        Err(e) => panic!("eventfd read: {e}"),
+    }
+}
+
 /// Config region index.
 pub const CONFIG: u32 = 7;
 /// MSI-X irq index.
