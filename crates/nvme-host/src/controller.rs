@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::os::fd::AsFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,9 @@ use crate::cmd::{admin, feat, Command, Completion};
 use crate::dma::{DmaArena, DmaBuf, PAGE_SIZE};
 use crate::error::{Error, TransportError};
 use crate::identify::{parse_ns_list, IdentifyController, IdentifyNamespace};
-use crate::queue::{DataPtr, Doorbells, QueuePair, Shadow, SharedTransport, DOORBELL_BASE};
+use crate::queue::{
+    DataPtr, Doorbells, QueuePair, RequestServer, Shadow, SharedTransport, DOORBELL_BASE,
+};
 use crate::regs::{self, Cap};
 use crate::transport::{
     RustVmmTransport, Transport, VfuTransport, BAR0_REGION, CONFIG_REGION, IRQ_SET_ACTION_TRIGGER,
@@ -46,6 +49,10 @@ pub struct ControllerOptions {
     /// negotiation included) before failing; `None` waits forever. A peer that accepts the
     /// connection but never answers then gives a clear timeout error instead of a hang.
     pub reply_timeout: Option<Duration>,
+    /// Ask the target for a twin socket ([`Controller::connect`]): its DMA_READ/DMA_WRITE
+    /// requests (fd-less windows, [`Controller::map_fdless`]) are then served by a thread
+    /// of the client instead of this driver's wait and poll loops.
+    pub twin_socket: bool,
 }
 
 /// Default of [`ControllerOptions::reply_timeout`].
@@ -60,6 +67,7 @@ impl Default for ControllerOptions {
             admin_timeout: Duration::from_secs(10),
             doorbells: DoorbellMode::Auto,
             reply_timeout: Some(DEFAULT_REPLY_TIMEOUT),
+            twin_socket: false,
         }
     }
 }
@@ -76,6 +84,8 @@ pub struct Controller {
     msix: Vec<OwnedFd>,
     shadow: Option<(DmaBuf, DmaBuf)>,
     opts: ControllerOptions,
+    /// Set once fd-less windows need the driver to serve DMA requests (no twin socket).
+    serving: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -97,6 +107,7 @@ impl Controller {
     pub fn connect(path: &Path, opts: ControllerOptions) -> Result<Self, Error> {
         let copts = vfu_client::ClientOptions {
             reply_timeout: opts.reply_timeout,
+            twin_socket: opts.twin_socket,
             ..vfu_client::ClientOptions::default()
         };
         let t = VfuTransport::connect_with(path, copts)?;
@@ -155,7 +166,10 @@ impl Controller {
             msix: Vec::new(),
             shadow: None,
             opts,
+            serving: Arc::new(AtomicBool::new(false)),
         };
+        let server = c.request_server();
+        c.admin.set_request_server(Some(server));
         c.enable()?;
         Ok(c)
     }
@@ -440,6 +454,7 @@ impl Controller {
             return Err(Error::InvalidArgument("qid 0 is the admin queue"));
         }
         let mut qp = QueuePair::new(qid, depth, &self.arena, self.doorbells.clone(), vector)?;
+        qp.set_request_server(Some(self.request_server()));
         let mut cq = Command::new(admin::CREATE_CQ);
         cq.set_prp(qp.cq_iova(), 0);
         cq.cdw[10] = u32::from(qid) | (u32::from(depth - 1) << 16);
@@ -621,6 +636,49 @@ impl Controller {
             Err(rustix::io::Errno::AGAIN) => Ok(0),
             Err(e) => Err(std::io::Error::from(e).into()),
         }
+    }
+
+    fn request_server(&self) -> RequestServer {
+        RequestServer {
+            transport: Arc::downgrade(&self.transport),
+            needed: self.serving.clone(),
+        }
+    }
+
+    /// Maps `size` bytes at IOVA `base` to the target *without* an fd (like QEMU guest RAM
+    /// without `share=on`): the target reaches it only through DMA_READ/DMA_WRITE, which the
+    /// transport serves (on its twin socket, or from this driver's wait/poll loops). Returns
+    /// an arena to allocate data buffers from; its buffers work with every [`DataPtr`].
+    /// `writable` false makes the window read-only for the device.
+    pub fn map_fdless(
+        &mut self,
+        base: u64,
+        size: u64,
+        writable: bool,
+    ) -> Result<Arc<DmaArena>, Error> {
+        let mut t = lock(&self.transport)?;
+        let file = t.dma_map_fdless(base, size, writable)?;
+        if t.needs_serving() {
+            self.serving.store(true, Ordering::Relaxed);
+        }
+        drop(t);
+        match DmaArena::from_file(base, size, file) {
+            Ok(a) => Ok(a),
+            Err(e) => {
+                let _ = lock(&self.transport)?.dma_unmap(base, size);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Unmaps a window made by [`Controller::map_fdless`].
+    pub fn unmap_fdless(&mut self, arena: &DmaArena) -> Result<(), Error> {
+        let mut t = lock(&self.transport)?;
+        t.dma_unmap(arena.base(), arena.size())?;
+        if !t.needs_serving() {
+            self.serving.store(false, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Unmaps the DMA memory from the target (e.g. before disconnecting).

@@ -40,8 +40,28 @@ impl DmaArena {
             .ok_or(DmaError::OutOfMemory(size))?;
         let fd = rustix::fs::memfd_create("sluice-nvme-host-dma", rustix::fs::MemfdFlags::CLOEXEC)
             .map_err(|e| DmaError::Create(e.into()))?;
-        let file = Arc::new(File::from(fd));
+        let file = File::from(fd);
         file.set_len(size).map_err(DmaError::Create)?;
+        Self::from_file(base, size, file)
+    }
+
+    /// An arena over an existing file of at least `size` bytes (offset 0 = IOVA `base`),
+    /// for example the memory a transport serves for a DMA window mapped without an fd.
+    pub fn from_file(base: u64, size: u64, file: File) -> Result<Arc<Self>, DmaError> {
+        if base % PAGE_SIZE != 0 || size == 0 || size % PAGE_SIZE != 0 {
+            return Err(DmaError::OutOfBounds {
+                iova: base,
+                len: size,
+            });
+        }
+        let have = file.metadata().map_err(DmaError::Create)?.len();
+        if have < size {
+            return Err(DmaError::OutOfBounds {
+                iova: base,
+                len: size,
+            });
+        }
+        let file = Arc::new(file);
         let len = usize::try_from(size).map_err(|_| DmaError::OutOfMemory(size))?;
         let mem = GuestMemoryMmap::from_ranges_with_files([(
             GuestAddress(base),

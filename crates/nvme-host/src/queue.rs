@@ -2,7 +2,7 @@
 //! writes, or shadow doorbells with EventIdx), phase-bit polling, command ids.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,44 @@ use crate::transport::{Transport, BAR0_REGION};
 
 /// A transport shared between the admin path and trapped doorbells.
 pub type SharedTransport = Arc<Mutex<Box<dyn Transport>>>;
+
+/// Serves the target's DMA_READ/DMA_WRITE requests while a queue waits, when `needed`
+/// says so (fd-less DMA windows over a connection without a twin socket): the target
+/// blocks on those requests and would never complete the command otherwise.
+///
+/// It holds the transport weakly: a queue pair never keeps the connection open after its
+/// [`crate::Controller`] is dropped.
+#[derive(Clone)]
+pub struct RequestServer {
+    /// The transport that receives the requests.
+    pub transport: std::sync::Weak<Mutex<Box<dyn Transport>>>,
+    /// Set while serving is needed (checked with one relaxed load per wait step).
+    pub needed: Arc<AtomicBool>,
+}
+
+impl RequestServer {
+    /// Serves whatever is pending, if serving is needed.
+    pub fn serve(&self) -> Result<usize, Error> {
+        if !self.needed.load(Ordering::Relaxed) {
+            return Ok(0);
+        }
+        let Some(transport) = self.transport.upgrade() else {
+            return Ok(0);
+        };
+        let mut t = transport.lock().map_err(|_| {
+            Error::Transport(TransportError::Unsupported("transport lock poisoned"))
+        })?;
+        Ok(t.serve_requests()?)
+    }
+}
+
+impl std::fmt::Debug for RequestServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestServer")
+            .field("needed", &self.needed)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Offset of the first doorbell in BAR0.
 pub const DOORBELL_BASE: u64 = 0x1000;
@@ -152,6 +190,7 @@ pub struct QueuePair {
     shadow: Option<Shadow>,
     pending: VecDeque<Completion>,
     vector: Option<u16>,
+    server: Option<RequestServer>,
 }
 
 impl std::fmt::Debug for QueuePair {
@@ -202,6 +241,7 @@ impl QueuePair {
             shadow: None,
             pending: VecDeque::new(),
             vector,
+            server: None,
         })
     }
 
@@ -248,6 +288,12 @@ impl QueuePair {
     /// Doorbells of this pair.
     pub fn doorbells(&self) -> &Doorbells {
         &self.db
+    }
+
+    /// Serve the target's DMA requests while this pair waits or polls (see
+    /// [`RequestServer`]).
+    pub fn set_request_server(&mut self, server: Option<RequestServer>) {
+        self.server = server;
     }
 
     /// Switches this pair to shadow doorbells.
@@ -427,6 +473,9 @@ impl QueuePair {
 
     /// Reaps up to `max` completions, calling `f` for each, then rings the CQ head doorbell.
     pub fn poll(&mut self, max: usize, mut f: impl FnMut(Completion)) -> Result<usize, Error> {
+        if let Some(s) = &self.server {
+            s.serve()?;
+        }
         let mut n = 0;
         let mut reaped = false;
         while n < max {
@@ -530,6 +579,10 @@ impl QueuePair {
             }
             if reaped {
                 self.ring(true, self.cq_head)?;
+            } else if let Some(s) = &self.server {
+                if s.serve()? > 0 {
+                    continue;
+                }
             }
             if Instant::now() > deadline {
                 return Err(Error::Timeout("command completion"));

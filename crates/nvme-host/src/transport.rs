@@ -59,6 +59,33 @@ pub trait Transport: Send {
     ) -> Result<(), TransportError>;
     /// DMA_UNMAP.
     fn dma_unmap(&mut self, iova: u64, size: u64) -> Result<(), TransportError>;
+    /// DMA_MAP of `size` bytes at `iova` *without* an fd: the transport allocates memory
+    /// that it serves to the server through DMA_READ/DMA_WRITE (the target has to bounce
+    /// data there) and returns a file holding that memory (offset 0 = `iova`) so that the
+    /// driver can fill and check it. `writable` false maps the window read-only for the
+    /// device. Undo with [`Transport::dma_unmap`].
+    fn dma_map_fdless(
+        &mut self,
+        iova: u64,
+        size: u64,
+        writable: bool,
+    ) -> Result<File, TransportError> {
+        let _ = (iova, size, writable);
+        Err(TransportError::Unsupported(
+            "DMA windows without an fd (the transport cannot serve DMA_READ/DMA_WRITE)",
+        ))
+    }
+    /// Serves the server's pending DMA_READ/DMA_WRITE requests without blocking, when they
+    /// arrive on the main socket (no twin socket) while no request of ours is in flight.
+    /// Returns how many were served.
+    fn serve_requests(&mut self) -> Result<usize, TransportError> {
+        Ok(0)
+    }
+    /// Whether [`Transport::serve_requests`] has to be called while waiting for
+    /// completions (fd-less windows are mapped and no twin socket serves them).
+    fn needs_serving(&self) -> bool {
+        false
+    }
     /// Number of vectors of an irq index.
     fn irq_count(&mut self, index: u32) -> Result<u32, TransportError>;
     /// SET_IRQS with `flags`, for vectors `start..start+count` (eventfds in `fds`, if any).
@@ -196,6 +223,8 @@ impl Drop for RustVmmTransport {
 pub struct VfuTransport {
     client: vfu_client::Client,
     regions: Vec<(u64, Option<RegionMmap>)>,
+    /// Windows mapped without an fd, served by the client: (iova, size, memory).
+    fdless: Vec<(u64, u64, vfu_client::DmaBuffer)>,
 }
 
 impl std::fmt::Debug for VfuTransport {
@@ -268,7 +297,11 @@ impl VfuTransport {
             });
             regions.push((d.info.size, mmap));
         }
-        Ok(Self { client, regions })
+        Ok(Self {
+            client,
+            regions,
+            fdless: Vec::new(),
+        })
     }
 
     /// The underlying client.
@@ -336,7 +369,43 @@ impl Transport for VfuTransport {
         self.client
             .dma_unmap(iova, size)
             .map(|_| ())
-            .map_err(vreq("DMA_UNMAP"))
+            .map_err(vreq("DMA_UNMAP"))?;
+        self.fdless.retain(|w| !(w.0 == iova && w.1 == size));
+        Ok(())
+    }
+
+    fn dma_map_fdless(
+        &mut self,
+        iova: u64,
+        size: u64,
+        writable: bool,
+    ) -> Result<File, TransportError> {
+        use vfu_client::proto::{DMA_FLAG_READ, DMA_FLAG_WRITE};
+        let buf = vfu_client::DmaBuffer::new(iova, size).map_err(vreq("DMA buffer"))?;
+        let file =
+            buf.fd()
+                .try_clone_to_owned()
+                .map(File::from)
+                .map_err(|e| TransportError::Request {
+                    what: "dup of the DMA buffer fd",
+                    cause: Box::new(e),
+                })?;
+        let flags = DMA_FLAG_READ | if writable { DMA_FLAG_WRITE } else { 0 };
+        self.client
+            .dma_map_fdless(&buf, flags)
+            .map_err(vreq("DMA_MAP (no fd)"))?;
+        self.fdless.push((iova, size, buf));
+        Ok(file)
+    }
+
+    fn serve_requests(&mut self) -> Result<usize, TransportError> {
+        self.client
+            .serve_pending(std::time::Duration::ZERO)
+            .map_err(vreq("serving DMA_READ/DMA_WRITE"))
+    }
+
+    fn needs_serving(&self) -> bool {
+        !self.fdless.is_empty() && !self.client.has_twin_socket()
     }
 
     fn irq_count(&mut self, index: u32) -> Result<u32, TransportError> {

@@ -12,7 +12,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Target, TargetOptions};
+use common::{pattern, Target, TargetOptions};
 use sluice_nvme_host::cmd::{msc, nvm, sct};
 use sluice_nvme_host::io::{rw_command, IO_TIMEOUT};
 use sluice_nvme_host::prp::{plan_prp, plan_sgl, prp_entries};
@@ -20,18 +20,6 @@ use sluice_nvme_host::{Controller, DataPtr, DmaBuf, QueuePair, PAGE_SIZE};
 
 const NSID: u32 = 1;
 const BS: u64 = 512;
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn setup() -> (Target, Controller, QueuePair) {
     let t = Target::start(TargetOptions::default());

@@ -23,6 +23,19 @@ pub fn malloc(name: &str, block_size: u32, blocks: u64) -> Arc<dyn Bdev> {
     Arc::new(MallocBdev::new(name, block_size, blocks, None).unwrap())
 }
 
+/// Deterministic pseudo-random bytes (xorshift) for data checks.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// What to build.
 #[derive(Clone, Debug)]
 pub struct TargetOptions {
@@ -110,12 +123,23 @@ impl Target {
 
     /// Connects the driver with a doorbell policy.
     pub fn connect_with(&self, doorbells: DoorbellMode) -> Controller {
-        let opts = ControllerOptions {
+        self.connect_opts(ControllerOptions {
+            doorbells,
+            ..Self::options()
+        })
+    }
+
+    /// The driver options of [`Target::connect`].
+    pub fn options() -> ControllerOptions {
+        ControllerOptions {
             dma_size: 16 << 20,
             admin_timeout: Duration::from_secs(5),
-            doorbells,
             ..ControllerOptions::default()
-        };
+        }
+    }
+
+    /// Connects the driver with explicit options.
+    pub fn connect_opts(&self, opts: ControllerOptions) -> Controller {
         Controller::connect(&self.sock, opts).expect("controller bring-up")
     }
 
