@@ -144,10 +144,12 @@ pub fn serve_connection(mut stream: UnixStream, dispatch: &dyn Dispatch) -> io::
     let mut decoder = StreamDecoder::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
-            return Ok(());
-        }
+        let n = match stream.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
         let chunk = buf.get(..n).unwrap_or(&[]);
         for item in decoder.feed(chunk) {
             match item {

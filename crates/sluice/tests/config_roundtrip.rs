@@ -1,23 +1,15 @@
 //! Acceptance 4: save_config -> restart with -c -> save_config gives an identical file;
 //! load_config over RPC too; signals remove sockets; stale sockets are cleaned.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 
 mod common;
 
-use common::Daemon;
+use common::{Daemon, Raw, NQN};
+use std::io::{Read, Write};
 use std::process::{Command, Stdio};
-
-const NQN: &str = "nqn.2019-07.io.spdk:cnode0";
 
 fn configure(d: &Daemon) -> std::path::PathBuf {
     let dir = d.mkdir("vfu0");
-    let file = d.path("disk.img");
-    std::fs::write(&file, vec![0u8; 1 << 20]).unwrap();
+    let file = d.file("disk.img", 1 << 20);
     d.rpc_ok(&[
         "nvmf_create_transport",
         "-t",
@@ -30,7 +22,7 @@ fn configure(d: &Daemon) -> std::path::PathBuf {
     ]);
     d.rpc_ok(&["bdev_null_create", "Null0", "32", "4096"]);
     d.rpc_ok(&["bdev_malloc_create", "8", "512", "-b", "Malloc0"]);
-    d.rpc_ok(&["bdev_aio_create", file.to_str().unwrap(), "Aio0"]);
+    d.rpc_ok(&["bdev_aio_create", &file.to_string_lossy(), "Aio0"]);
     d.rpc_ok(&["bdev_set_qos_limit", "Malloc0", "--rw-ios-per-sec", "20000"]);
     d.rpc_ok(&[
         "nvmf_create_subsystem",
@@ -51,16 +43,7 @@ fn configure(d: &Daemon) -> std::path::PathBuf {
         "nqn.2019-07.io.spdk:cnode1",
         "Malloc0",
     ]);
-    d.rpc_ok(&[
-        "nvmf_subsystem_add_listener",
-        NQN,
-        "-t",
-        "VFIOUSER",
-        "-a",
-        dir.to_str().unwrap(),
-        "-s",
-        "0",
-    ]);
+    d.listen(NQN, &dir);
     dir
 }
 
@@ -99,15 +82,15 @@ fn load_config_over_rpc_after_wait_for_rpc() {
     std::fs::create_dir_all(d2.path("vfu0")).unwrap();
     // Same paths: rewrite the old temp dir to the new one.
     let old_dir = serde_json::from_str::<serde_json::Value>(&saved).unwrap();
-    let text = saved.replace(
-        &find_listener_dir(&old_dir),
-        d2.path("vfu0").to_str().unwrap(),
+    let listener_dir = find_param(
+        &old_dir,
+        "nvmf_subsystem_add_listener",
+        "/listen_address/traddr",
     );
-    let text = text.replace(&find_aio_file(&old_dir), {
-        let f = d2.path("disk.img");
-        std::fs::write(&f, vec![0u8; 1 << 20]).unwrap();
-        Box::leak(f.to_str().unwrap().to_owned().into_boxed_str())
-    });
+    let aio_file = find_param(&old_dir, "bdev_aio_create", "/filename");
+    let text = saved.replace(&listener_dir.unwrap(), d2.path("vfu0").to_str().unwrap());
+    let new_file = d2.file("disk.img", 1 << 20);
+    let text = text.replace(&aio_file.unwrap(), new_file.to_str().unwrap());
     let mut child = Command::new(common::BIN)
         .args(["rpc", "-s", d2.sock.to_str().unwrap(), "load_config"])
         .stdin(Stdio::piped())
@@ -115,7 +98,6 @@ fn load_config_over_rpc_after_wait_for_rpc() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    use std::io::Write;
     child
         .stdin
         .take()
@@ -133,29 +115,18 @@ fn load_config_over_rpc_after_wait_for_rpc() {
     assert!(d2.path("vfu0").join("cntrl").exists());
 }
 
-fn find_listener_dir(cfg: &serde_json::Value) -> String {
-    for s in cfg["subsystems"].as_array().unwrap() {
-        for e in s["config"].as_array().unwrap() {
-            if e["method"] == "nvmf_subsystem_add_listener" {
-                return e["params"]["listen_address"]["traddr"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned();
-            }
-        }
-    }
-    panic!("no listener");
-}
-
-fn find_aio_file(cfg: &serde_json::Value) -> String {
-    for s in cfg["subsystems"].as_array().unwrap() {
-        for e in s["config"].as_array().unwrap() {
-            if e["method"] == "bdev_aio_create" {
-                return e["params"]["filename"].as_str().unwrap().to_owned();
-            }
-        }
-    }
-    panic!("no aio bdev");
+/// The string at `pointer` in the params of the first `method` entry of a config.
+fn find_param(cfg: &serde_json::Value, method: &str, pointer: &str) -> Option<String> {
+    cfg.get("subsystems")?
+        .as_array()?
+        .iter()
+        .filter_map(|s| s.get("config")?.as_array())
+        .flatten()
+        .find(|e| e.get("method").and_then(serde_json::Value::as_str) == Some(method))?
+        .get("params")?
+        .pointer(pointer)?
+        .as_str()
+        .map(str::to_owned)
 }
 
 #[test]
@@ -175,7 +146,109 @@ fn bad_config_file_fails_start_and_cleans_up() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("block_size"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("sluice serve: config {}", cfg.display()))
+            && err.contains("bdev_null_create")
+            && err.contains("block_size"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!sock.exists(), "RPC socket left behind");
+    assert!(!dir.path().join("rpc.sock.lock").exists(), "RPC lock left");
+}
+
+/// A `-c` file of `rounds` malloc bdev create/delete pairs (long enough that a client can
+/// connect while it is applied), then a null bdev `name` with `block_size`.
+fn long_config(
+    dir: &std::path::Path,
+    rounds: usize,
+    name: &str,
+    block_size: u32,
+) -> std::io::Result<String> {
+    let mut entries = Vec::new();
+    for _ in 0..rounds {
+        entries.push(serde_json::json!({"method": "bdev_malloc_create",
+            "params": {"name": "M0", "block_size": 512, "num_blocks": 32768}}));
+        entries.push(serde_json::json!({"method": "bdev_malloc_delete",
+            "params": {"name": "M0"}}));
+    }
+    entries.push(serde_json::json!({"method": "bdev_null_create",
+        "params": {"name": name, "block_size": block_size, "num_blocks": 8}}));
+    let cfg = serde_json::json!({"subsystems": [{"subsystem": "bdev", "config": entries}]});
+    let path = dir.join("long.json");
+    std::fs::write(&path, cfg.to_string())?;
+    Ok(path.display().to_string())
+}
+
+/// A client that connects while `-c` is being applied waits and is answered once the
+/// configuration is complete (SPDK's waitforlisten relies on this).
+#[test]
+fn early_client_is_served_after_the_config_is_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = long_config(dir.path(), 100, "Last", 512).unwrap();
+    let d = Daemon::start_listening(dir, &["-c", &cfg]);
+    let mut c = Raw::connect(&d.sock);
+    // The configuration can take seconds on a loaded machine.
+    c.stream.set_read_timeout(Some(common::SETTLE)).unwrap();
+    let r = c.call(1, "bdev_get_bdevs", None);
+    let names: Vec<&str> = r["result"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"))
+        .iter()
+        .filter_map(|b| b["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["Last"],
+        "answered before the config was applied: {r}"
+    );
+}
+
+/// A `-c` entry that fails after a long prefix: a client connected meanwhile sees the
+/// connection end (no hang), the daemon exits 1 naming the entry, files removed.
+#[test]
+fn failing_config_with_early_client_exits_1_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    // block_size 7 is invalid.
+    let cfg = long_config(dir.path(), 100, "Bad", 7).unwrap();
+    let mut d = Daemon::start_listening(dir, &["-c", &cfg]);
+    let mut c = std::os::unix::net::UnixStream::connect(&d.sock).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    c.write_all(br#"{"jsonrpc":"2.0","method":"spdk_get_version","id":1}"#)
+        .unwrap();
+    let mut buf = Vec::new();
+    // EOF or ECONNRESET: either way the connection ends without an answer.
+    let got = loop {
+        match c.read_to_end(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => break r,
+        }
+    };
+    match got {
+        Ok(_) => assert!(
+            buf.is_empty(),
+            "answered: {}",
+            String::from_utf8_lossy(&buf)
+        ),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+    let mut child = d.child.take().unwrap();
+    let status = common::wait_timeout(&mut child, std::time::Duration::from_secs(30));
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("config") && err.contains("bdev_null_create") && err.contains("block_size"),
+        "{err}"
+    );
+    assert!(!d.sock.exists(), "RPC socket left behind");
 }
 
 #[test]
@@ -184,14 +257,7 @@ fn sigint_and_kill_instance_exit_cleanly_and_kill9_leftovers_are_cleaned() {
     let dir = d.mkdir("l0");
     d.rpc_ok(&["nvmf_create_transport", "-t", "VFIOUSER"]);
     d.rpc_ok(&["nvmf_create_subsystem", "-a", NQN]);
-    d.rpc_ok(&[
-        "nvmf_subsystem_add_listener",
-        NQN,
-        "-t",
-        "VFIOUSER",
-        "-a",
-        dir.to_str().unwrap(),
-    ]);
+    d.listen(NQN, &dir);
     // kill -9 leaves both sockets behind.
     d.kill9();
     assert!(dir.join("cntrl").exists());
@@ -200,14 +266,7 @@ fn sigint_and_kill_instance_exit_cleanly_and_kill9_leftovers_are_cleaned() {
     d.spawn(&[]);
     d.rpc_ok(&["nvmf_create_transport", "-t", "VFIOUSER"]);
     d.rpc_ok(&["nvmf_create_subsystem", "-a", NQN]);
-    d.rpc_ok(&[
-        "nvmf_subsystem_add_listener",
-        NQN,
-        "-t",
-        "VFIOUSER",
-        "-a",
-        dir.to_str().unwrap(),
-    ]);
+    d.listen(NQN, &dir);
     // spdk_kill_instance SIGINT: orderly exit 0, sockets removed.
     d.rpc_ok(&["spdk_kill_instance", "SIGINT"]);
     let mut child = d.child.take().unwrap();

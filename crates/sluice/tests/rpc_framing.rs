@@ -1,11 +1,5 @@
 //! Acceptance 2: raw-socket framing like rpc.py (pretty-printed JSON values one after
 //! another on one connection, ids 1..n), batches, notifications, parse errors.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 
 mod common;
 
@@ -37,18 +31,8 @@ fn rpc_py_style_stream_on_one_connection() {
     assert_eq!(r["id"], 5);
     assert!(r["result"].as_array().unwrap().len() > 10);
     // String ids are echoed.
-    let r = c.call_str("abc");
+    let r = c.call("abc", "framework_wait_init", None);
     assert_eq!(r["id"], "abc");
-}
-
-trait CallStr {
-    fn call_str(&mut self, id: &str) -> serde_json::Value;
-}
-impl CallStr for Raw {
-    fn call_str(&mut self, id: &str) -> serde_json::Value {
-        self.send(&json!({"jsonrpc":"2.0","method":"framework_wait_init","id":id}));
-        self.recv().unwrap()
-    }
 }
 
 #[test]

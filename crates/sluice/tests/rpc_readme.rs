@@ -1,20 +1,12 @@
 //! Acceptance 1: the README command sequence against the real daemon, with result shapes
 //! compared to SPDK's real outputs (tests/data, copied from spdk-output/).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 
 mod common;
 
 use std::io::{BufRead, BufReader};
 
-use common::{assert_same_shape, reference, Daemon};
+use common::{assert_same_shape, reference, Daemon, NQN};
 use serde_json::{json, Value};
-
-const NQN: &str = "nqn.2019-07.io.spdk:cnode0";
 
 #[test]
 fn readme_sequence_matches_spdk_shapes() {

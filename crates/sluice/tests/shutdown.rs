@@ -1,49 +1,25 @@
 //! SIGTERM is prompt with a busy poll thread (issue 5 daemon, follow-up): with a client
 //! doing I/O, with an idle connected client and with none, `sluice serve --poll-mode busy`
 //! exits with status 0 within a bound and removes the `cntrl`, RPC and lock files.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, BIN};
-use sluice_nvme_host::{Controller, ControllerOptions};
+use common::{connect_nvme, spawn_quiet, wait_until, Daemon, NQN};
 
-const NQN: &str = "nqn.2019-07.io.spdk:cnode0";
 /// The bound on SIGTERM -> exit (the daemon needs well under 200 ms on an idle machine;
 /// the margin is for the loaded 2-core CI box).
 const EXIT_BOUND: Duration = Duration::from_secs(2);
 
-fn null_target(d: &Daemon) -> PathBuf {
-    let dir = d.mkdir("vfu");
-    d.rpc_ok(&["nvmf_create_transport", "-t", "VFIOUSER"]);
-    d.rpc_ok(&["bdev_null_create", "Null0", "64", "512"]);
-    d.rpc_ok(&["nvmf_create_subsystem", "-a", "-s", "SN0", NQN]);
-    d.rpc_ok(&["nvmf_subsystem_add_ns", NQN, "Null0"]);
-    d.rpc_ok(&[
-        "nvmf_subsystem_add_listener",
-        NQN,
-        "-t",
-        "VFIOUSER",
-        "-a",
-        dir.to_str().unwrap(),
-    ]);
-    dir
-}
-
 /// SIGTERM, then require a prompt exit 0 with every socket file removed.
-fn terminate_promptly(d: &mut Daemon, dir: &std::path::Path, what: &str) {
+fn terminate_promptly(d: &mut Daemon, dir: &Path, what: &str) {
     let start = Instant::now();
     let (status, err) = d.terminate();
     let took = start.elapsed();
+    eprintln!("{what}: SIGTERM -> exit took {took:?}");
     assert!(status.success(), "{what}: exit {status}: {err}");
     assert!(
         took < EXIT_BOUND,
@@ -57,50 +33,38 @@ fn terminate_promptly(d: &mut Daemon, dir: &std::path::Path, what: &str) {
 }
 
 /// `sluice perf` as an external I/O client (it keeps the queues full until killed).
-fn start_perf(dir: &std::path::Path) -> Child {
+fn start_perf(dir: &Path) -> Child {
     let trid = format!("trtype:VFIOUSER traddr:{} subnqn:{NQN}", dir.display());
-    Command::new(BIN)
-        .args([
-            "perf",
-            "-r",
-            &trid,
-            "-q",
-            "32",
-            "-o",
-            "4096",
-            "-w",
-            "randrw",
-            "-t",
-            "60",
-            "--no-progress",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    spawn_quiet(&[
+        "perf",
+        "-r",
+        &trid,
+        "-q",
+        "32",
+        "-o",
+        "4096",
+        "-w",
+        "randrw",
+        "-t",
+        "60",
+        "--no-progress",
+    ])
 }
 
-fn io_count(d: &Daemon) -> u64 {
+fn io_count(d: &Daemon) -> Option<u64> {
     let s = d.rpc_json(&["nvmf_get_stats"]);
-    s["poll_groups"][0]["completed_nvme_io"].as_u64().unwrap()
+    s.pointer("/poll_groups/0/completed_nvme_io")
+        .and_then(serde_json::Value::as_u64)
 }
 
 fn sigterm_with_io(mode: &str, rounds: usize) {
     for round in 0..rounds {
         let mut d = Daemon::start(&["--poll-mode", mode]);
-        let dir = null_target(&d);
+        let dir = d.serve_null("64", "SN0", &[]);
         let mut perf = start_perf(&dir);
-        // Wait until I/O is flowing (bounded).
-        let start = Instant::now();
-        let mut last = 0;
-        while last < 1000 {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "no I/O from perf ({last} I/Os)"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-            last = io_count(&d);
-        }
+        wait_until("I/O from perf (1000 completed commands)", || {
+            io_count(&d).filter(|n| *n >= 1000)
+        });
         terminate_promptly(&mut d, &dir, &format!("{mode} with I/O, round {round}"));
         // The client cannot tell a dead target from a slow one (mapped doorbells): kill it.
         let _ = perf.kill();
@@ -122,13 +86,8 @@ fn sigterm_adaptive_poller_with_io_is_prompt() {
 fn sigterm_busy_poller_with_idle_client_is_prompt() {
     for round in 0..3 {
         let mut d = Daemon::start(&["--poll-mode", "busy"]);
-        let dir = null_target(&d);
-        let opts = ControllerOptions {
-            dma_size: 4 << 20,
-            admin_timeout: Duration::from_secs(5),
-            ..ControllerOptions::default()
-        };
-        let mut c = Controller::connect(&dir.join("cntrl"), opts).unwrap();
+        let dir = d.serve_null("64", "SN0", &[]);
+        let mut c = connect_nvme(&dir.join("cntrl"));
         c.set_num_queues(1, 1).unwrap();
         let qp = c.create_io_queue_pair(1, 32, None).unwrap();
         let ctrls = d.rpc_json(&["nvmf_subsystem_get_controllers", NQN]);
@@ -146,7 +105,7 @@ fn sigterm_busy_poller_with_idle_client_is_prompt() {
 #[test]
 fn sigterm_busy_poller_without_client_is_prompt() {
     let mut d = Daemon::start(&["--poll-mode", "busy", "-m", "0x1"]);
-    let dir = null_target(&d);
+    let dir = d.serve_null("64", "SN0", &[]);
     terminate_promptly(&mut d, &dir, "busy, no client");
 }
 
@@ -167,8 +126,10 @@ fn sigterm_during_long_startup_is_prompt() {
     let path = dir.path().join("long.json");
     std::fs::write(&path, cfg.to_string()).unwrap();
     let path_s = path.display().to_string();
+    // SIGTERM as soon as the RPC socket exists: the configuration (several seconds) is
+    // then either about to start or running; both must stop at the next entry. (No sleep
+    // to "land inside" it: how long the replay takes depends on the machine's load.)
     let mut d = Daemon::start_listening(dir, &["--poll-mode", "busy", "-c", &path_s]);
-    std::thread::sleep(Duration::from_millis(300));
     let start = Instant::now();
     let (status, err) = d.terminate();
     let took = start.elapsed();

@@ -2,47 +2,14 @@
 //! (issue 7 acceptance 1): bad transport ids and unreachable sockets fail with a clear
 //! message and a non-zero status; good runs print spdk_nvme_perf's table and
 //! spdk_nvme_identify's layout. Also `sluice rpc -s <ip> -p <port>` (TCP is not served).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, BIN};
-
-const NQN: &str = "nqn.2019-07.io.spdk:cnode0";
-
-/// Run `sluice <args>` with a hard bound on its run time (a hang is a failure, not a
-/// stuck test run).
-fn run_bounded(args: &[&str], limit: Duration) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "sluice {args:?} still running after {limit:?}: stdout {} stderr {}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
+use common::{run_bounded, Daemon, BIN, NQN};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -51,21 +18,7 @@ fn text(b: &[u8]) -> String {
 /// A daemon serving a null bdev (RPC-configured) on listener `<tmp>/vfu`.
 fn null_target() -> (Daemon, PathBuf) {
     let d = Daemon::start(&[]);
-    let dir = d.mkdir("vfu");
-    d.rpc_ok(&["nvmf_create_transport", "-t", "VFIOUSER"]);
-    d.rpc_ok(&["bdev_null_create", "Null0", "64", "512"]);
-    d.rpc_ok(&["nvmf_create_subsystem", "-a", "-s", "SPDK0", NQN]);
-    d.rpc_ok(&["nvmf_subsystem_add_ns", NQN, "Null0"]);
-    d.rpc_ok(&[
-        "nvmf_subsystem_add_listener",
-        NQN,
-        "-t",
-        "VFIOUSER",
-        "-a",
-        dir.to_str().unwrap(),
-        "-s",
-        "0",
-    ]);
+    let dir = d.serve_null("64", "SPDK0", &[]);
     (d, dir)
 }
 
@@ -258,15 +211,8 @@ fn perf_json_against_quickstart() {
         tmp,
         &["--quickstart-dir", &qs_s, "--quickstart-size-mib", "16"],
     );
-    // The RPC socket is bound before the quickstart listener exists.
-    let start = Instant::now();
-    while !qs.join("cntrl").exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no quickstart listener"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // The daemon answers RPCs only once the quickstart is configured.
+    assert!(qs.join("cntrl").exists(), "no quickstart listener");
     let t = trid(&qs);
     let mut args = perf_args(&t);
     let w = args.iter().position(|a| *a == "randread").unwrap();

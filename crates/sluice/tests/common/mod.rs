@@ -14,8 +14,77 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use sluice_nvme_host::{Controller, ControllerOptions};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+/// The subsystem most tests create.
+pub const NQN: &str = "nqn.2019-07.io.spdk:cnode0";
+
+/// How long a condition that depends on other threads or processes may take to become true
+/// on a loaded CI machine (2 cores, load 2+) before a test gives up.
+pub const SETTLE: Duration = Duration::from_secs(20);
+
+/// Poll `f` until it returns `Some`, every 10 ms, for at most [`SETTLE`]; panics naming
+/// `what` (and the last value seen by `f`, through its own message) on timeout.
+pub fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < SETTLE,
+            "timed out after {SETTLE:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Bring up an NVMe controller over vfio-user with the userspace host driver.
+pub fn connect_nvme(sock: &Path) -> Controller {
+    let opts = ControllerOptions {
+        dma_size: 8 << 20,
+        admin_timeout: Duration::from_secs(5),
+        ..ControllerOptions::default()
+    };
+    Controller::connect(sock, opts).expect("controller bring-up")
+}
+
+/// Start `sluice <args>` with stdout and stderr discarded.
+pub fn spawn_quiet(args: &[&str]) -> Child {
+    Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Run `sluice <args>` with a hard bound on its run time (a hang is a failure, not a
+/// stuck test run).
+pub fn run_bounded(args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "sluice {args:?} still running after {limit:?}: stdout {} stderr {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
 
 /// A running daemon in a private temp dir; killed on drop.
 pub struct Daemon {
@@ -96,6 +165,13 @@ impl Daemon {
         p
     }
 
+    /// A zero-filled (sparse) file of `len` bytes inside the private dir.
+    pub fn file(&self, name: &str, len: u64) -> PathBuf {
+        let p = self.path(name);
+        std::fs::File::create(&p).unwrap().set_len(len).unwrap();
+        p
+    }
+
     /// Run `sluice rpc -s SOCK args...`.
     pub fn rpc(&self, args: &[&str]) -> Output {
         Command::new(BIN)
@@ -122,6 +198,50 @@ impl Daemon {
     pub fn rpc_json(&self, args: &[&str]) -> Value {
         let s = self.rpc_ok(args);
         serde_json::from_str(&s).unwrap_or_else(|e| panic!("{args:?}: bad JSON {e}: {s}"))
+    }
+
+    /// `nvmf_subsystem_add_listener NQN -t VFIOUSER -a DIR -s 0`.
+    pub fn listen(&self, nqn: &str, dir: &Path) {
+        self.rpc_ok(&[
+            "nvmf_subsystem_add_listener",
+            nqn,
+            "-t",
+            "VFIOUSER",
+            "-a",
+            dir.to_str().unwrap(),
+            "-s",
+            "0",
+        ]);
+    }
+
+    /// Serve the existing bdev `bdev` as namespace 1 of [`NQN`] (any host, serial
+    /// `serial` if given) on the listener directory `<tmp>/vfu`, creating the VFIOUSER
+    /// transport with `transport_flags` first. Returns the listener directory.
+    pub fn serve_bdev(
+        &self,
+        bdev: &str,
+        serial: Option<&str>,
+        transport_flags: &[&str],
+    ) -> PathBuf {
+        let dir = self.mkdir("vfu");
+        let mut t = vec!["nvmf_create_transport", "-t", "VFIOUSER"];
+        t.extend_from_slice(transport_flags);
+        self.rpc_ok(&t);
+        let mut sub = vec!["nvmf_create_subsystem", "-a"];
+        if let Some(sn) = serial {
+            sub.extend(["-s", sn]);
+        }
+        sub.push(NQN);
+        self.rpc_ok(&sub);
+        self.rpc_ok(&["nvmf_subsystem_add_ns", NQN, bdev]);
+        self.listen(NQN, &dir);
+        dir
+    }
+
+    /// A null bdev `Null0` of `size_mib` MiB (512 B blocks) served by [`Daemon::serve_bdev`].
+    pub fn serve_null(&self, size_mib: &str, serial: &str, transport_flags: &[&str]) -> PathBuf {
+        self.rpc_ok(&["bdev_null_create", "Null0", size_mib, "512"]);
+        self.serve_bdev("Null0", Some(serial), transport_flags)
     }
 
     /// Send SIGTERM and wait; returns the exit status and captured stderr.
@@ -238,7 +358,14 @@ impl Raw {
                 return Some(serde_json::from_slice(&line).unwrap());
             }
             let mut chunk = [0u8; 65536];
-            let n = self.stream.read(&mut chunk).unwrap();
+            // A read with SO_RCVTIMEO set returns EINTR (not a transparent restart) when the
+            // process is stopped and continued or frozen, as a loaded CI box can do.
+            let n = loop {
+                match self.stream.read(&mut chunk) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    r => break r.unwrap(),
+                }
+            };
             if n == 0 {
                 return None;
             }
@@ -246,8 +373,9 @@ impl Raw {
         }
     }
 
-    pub fn call(&mut self, id: u64, method: &str, params: Option<Value>) -> Value {
-        let mut req = serde_json::json!({"jsonrpc":"2.0","method":method,"id":id});
+    /// One request (`id` a number or a string) and its response.
+    pub fn call(&mut self, id: impl Into<Value>, method: &str, params: Option<Value>) -> Value {
+        let mut req = serde_json::json!({"jsonrpc":"2.0","method":method,"id":id.into()});
         if let Some(p) = params {
             req["params"] = p;
         }
