@@ -384,8 +384,20 @@ struct Slot {
     live: bool,
     /// Belongs to a queue set that was reset: complete silently.
     orphan: bool,
-    /// Host buffer standing in for fd-less guest memory (see [`crate::bounce`]).
-    bounce: Option<Bounce>,
+    /// Data bounced through a host buffer (kept in `Controller::bounces`).
+    bounced: bool,
+}
+
+/// Where a data command goes once its slot is allocated.
+#[derive(Clone, Copy)]
+struct StartIo {
+    slot: u32,
+    sqid: u16,
+    cid: u16,
+    nsidx: usize,
+    op: IoOp,
+    offset: u64,
+    len: u64,
 }
 
 /// Values of the Set/Get Features the controller keeps.
@@ -490,6 +502,8 @@ pub struct Controller {
     pub(crate) mem: Option<Arc<GuestMem>>,
     /// DMA_READ/DMA_WRITE access to fd-less windows (bounce path), while bus master is on.
     pub(crate) msg_dma: Option<Arc<dyn MsgDma>>,
+    /// Host buffers of bounced commands in flight, by slot (rare: off the hot path).
+    bounces: Vec<(u32, Bounce)>,
     pub(crate) ns: Vec<Option<Namespace>>,
     pub(crate) sqs: Vec<Option<Sq>>,
     pub(crate) cqs: Vec<Option<Cq>>,
@@ -550,6 +564,7 @@ impl Controller {
             irq,
             mem: None,
             msg_dma: None,
+            bounces: Vec::new(),
             ns: (0..nn).map(|_| None).collect(),
             sqs: (0..nq).map(|_| None).collect(),
             cqs: (0..nq).map(|_| None).collect(),
@@ -1469,7 +1484,6 @@ impl Controller {
         if let Some(s) = self.slots.get_mut(i as usize) {
             s.live = false;
             s.orphan = false;
-            s.bounce = None;
             self.free_slots.push(i);
         }
     }
@@ -1532,7 +1546,6 @@ impl Controller {
         }
         let slot = self.alloc_slot();
         let mut iov = IoVecs::new();
-        let mut bounce = None;
         if needs_data {
             let Some(mem) = self.mem.as_ref() else {
                 self.free_slot(slot);
@@ -1547,60 +1560,125 @@ impl Controller {
                 1 | 2 => walk_sgl(mem, &sqe.sgl_bytes(), len, &mut sink),
                 _ => Err(Status::INVALID_FIELD),
             };
-            match r {
-                Ok(()) => sink.finish(),
-                // Translation to mapped memory failed: the only place a bounce is tried.
-                Err(Status::DATA_TRANSFER_ERROR) if self.msg_dma.is_some() => {
-                    match self.bounce_prepare(sqe, len, op == IoOp::Read) {
-                        Ok(b) => bounce = Some(b),
-                        Err(st) => {
-                            self.free_slot(slot);
-                            return Err(st);
-                        }
-                    }
-                }
-                Err(st) => {
-                    self.free_slot(slot);
-                    return Err(st);
-                }
+            if let Err(st) = r {
+                let io = StartIo {
+                    slot,
+                    sqid,
+                    cid: sqe.cid(),
+                    nsidx,
+                    op,
+                    offset: slba << shift,
+                    len,
+                };
+                return self.walk_failed(st, sqe, io);
             }
+            sink.finish();
         }
-        let keep = match &bounce {
-            Some(b) => {
-                iov = b.iovecs();
-                Some(b.keepalive())
-            }
-            None => self
-                .mem
-                .as_ref()
-                .map(|m| Arc::clone(m) as Arc<dyn std::any::Any + Send + Sync>),
-        };
-        if let Some(s) = self.slots.get_mut(slot as usize) {
-            s.sqid = sqid;
-            s.cid = sqe.cid();
-            s.nsidx = nsidx as u32;
-            s.pending = 1;
-            s.status = Status::SUCCESS;
-            s.is_read = op == IoOp::Read;
-            s.is_write = matches!(op, IoOp::Write { .. });
-            s.bytes = len;
-            s.live = true;
-            s.orphan = false;
-            s.bounce = bounce;
-        }
-        let req = IoRequest {
+        let keep = self
+            .mem
+            .as_ref()
+            .map(|m| Arc::clone(m) as Arc<dyn std::any::Any + Send + Sync>);
+        let io = StartIo {
+            slot,
+            sqid,
+            cid: sqe.cid(),
+            nsidx,
             op,
             offset: slba << shift,
+            len,
+        };
+        self.fill_slot(&io, false);
+        // Built in place from the local iovecs (no extra move of `IoVecs` on this path).
+        let req = IoRequest {
+            op,
+            offset: io.offset,
             len,
             iov,
             tag: u64::from(slot),
             keepalive: keep,
         };
+        self.launch(nsidx, sqid, req);
+        Ok(())
+    }
+
+    /// Fills the slot of a data command about to be submitted.
+    #[inline(always)]
+    fn fill_slot(&mut self, io: &StartIo, bounced: bool) {
+        if let Some(s) = self.slots.get_mut(io.slot as usize) {
+            s.sqid = io.sqid;
+            s.cid = io.cid;
+            s.nsidx = io.nsidx as u32;
+            s.pending = 1;
+            s.status = Status::SUCCESS;
+            s.is_read = io.op == IoOp::Read;
+            s.is_write = matches!(io.op, IoOp::Write { .. });
+            s.bytes = io.len;
+            s.live = true;
+            s.orphan = false;
+            s.bounced = bounced;
+        }
+    }
+
+    /// Hands a request to its namespace and counts it in flight on its SQ.
+    #[inline(always)]
+    fn launch(&mut self, nsidx: usize, sqid: u16, req: IoRequest) {
         self.submit_to_ns(nsidx, req);
         if let Some(sq) = self.sqs.get_mut(usize::from(sqid)).and_then(Option::as_mut) {
             sq.inflight += 1;
         }
+    }
+
+    /// The data pointer did not translate to mapped memory: a Data Transfer Error there
+    /// is the only place a bounce is tried (data in fd-less windows, see
+    /// [`crate::bounce`]); any other status fails the command.
+    #[cold]
+    #[inline(never)]
+    fn walk_failed(&mut self, st: Status, sqe: &Sqe, io: StartIo) -> Result<(), Status> {
+        if st != Status::DATA_TRANSFER_ERROR || self.msg_dma.is_none() {
+            self.free_slot(io.slot);
+            return Err(st);
+        }
+        let b = match self.bounce_prepare(sqe, io.len, io.op == IoOp::Read) {
+            Ok(b) => b,
+            Err(st) => {
+                self.free_slot(io.slot);
+                return Err(st);
+            }
+        };
+        let req = IoRequest {
+            op: io.op,
+            offset: io.offset,
+            len: io.len,
+            iov: b.iovecs(),
+            tag: u64::from(io.slot),
+            keepalive: Some(b.keepalive()),
+        };
+        self.bounces.push((io.slot, b));
+        self.fill_slot(&io, true);
+        self.launch(io.nsidx, io.sqid, req);
         Ok(())
+    }
+
+    /// A bounced command's backend request finished with `status`: drop its buffer
+    /// after copying a successful Read to the guest (before the CQE: the host must find
+    /// the data in place when it sees success). Returns the command's status.
+    #[cold]
+    #[inline(never)]
+    fn bounce_done(&mut self, slot: u32, orphan: bool, status: Status) -> Status {
+        let Some(i) = self.bounces.iter().position(|(s, _)| *s == slot) else {
+            return status;
+        };
+        let (_, b) = self.bounces.swap_remove(i);
+        if orphan || !status.is_success() {
+            return status;
+        }
+        let Some(mem) = self.mem.as_ref() else {
+            return Status::DATA_TRANSFER_ERROR;
+        };
+        match b.finish(mem, self.msg_dma.as_deref()) {
+            Ok(()) => Status::SUCCESS,
+            Err(st) => st,
+        }
     }
 
     fn submit_to_ns(&mut self, nsidx: usize, req: IoRequest) {
@@ -1632,19 +1710,6 @@ impl Controller {
             _ => return Err(Status::INVALID_FIELD),
         }
         Bounce::prepare(mem, dma, segs, len, to_guest)
-    }
-
-    /// Completes a bounced command's data movement (Read: host buffer -> guest).
-    #[cold]
-    #[inline(never)]
-    fn bounce_finish(&self, b: &Bounce) -> Status {
-        let Some(mem) = self.mem.as_ref() else {
-            return Status::DATA_TRANSFER_ERROR;
-        };
-        match b.finish(mem, self.msg_dma.as_deref()) {
-            Ok(()) => Status::SUCCESS,
-            Err(st) => st,
-        }
     }
 
     fn flush_all(&mut self, sqid: u16, cid: u16) -> Result<(), Status> {
@@ -1688,6 +1753,7 @@ impl Controller {
             s.bytes = 0;
             s.live = true;
             s.orphan = false;
+            s.bounced = false;
         }
         if let Some(sq) = self.sqs.get_mut(usize::from(sqid)).and_then(Option::as_mut) {
             sq.inflight += 1;
@@ -1750,15 +1816,15 @@ impl Controller {
             return;
         }
         let (sqid, cid, mut status, orphan) = (s.sqid, s.cid, s.status, s.orphan);
-        let (is_read, is_write, bytes) = (s.is_read, s.is_write, s.bytes);
-        let bounce = s.bounce.take();
+        let (is_read, is_write, bytes, bounced) = (s.is_read, s.is_write, s.bytes, s.bounced);
         self.free_slot(idx);
-        if orphan {
-            return;
-        }
-        if let (Some(b), true) = (bounce, status.is_success()) {
-            // Before the CQE: the host must find the data in place when it sees success.
-            status = self.bounce_finish(&b);
+        if orphan | bounced {
+            if bounced {
+                status = self.bounce_done(idx, orphan, status);
+            }
+            if orphan {
+                return;
+            }
         }
         if status.is_success() {
             if is_read {
