@@ -305,3 +305,41 @@ fn client_failing_dma_requests_gives_data_transfer_error() {
     qp.read_blocks(NSID, 0, 8, BS, &back).unwrap();
     assert_eq!(back.to_vec(0, 4096).unwrap(), pattern(3, 4096));
 }
+
+#[test]
+fn queues_and_lists_in_fdless_memory_fail_cleanly() {
+    use sluice_nvme_host::cmd::SglDescriptor;
+    let (_t, mut c, mut qp, win) = setup(true);
+    let dte = (sct::GENERIC, sc::DATA_TRANSFER_ERROR);
+    // An I/O CQ in the window: Data Transfer Error.
+    let ring = win.alloc(4096).unwrap();
+    let mut cq = Command::new(admin::CREATE_CQ);
+    cq.set_prp(ring.iova(), 0);
+    cq.cdw[10] = 2 | (15 << 16);
+    cq.cdw[11] = 1;
+    let st = c.admin_raw(cq, DataPtr::None).unwrap().status;
+    assert_eq!((st.sct, st.sc), dte, "CQ in fd-less memory");
+    // A PRP list in the window (its entries point into fd-backed memory).
+    let data = c.alloc(3 * 4096).unwrap();
+    let list = win.alloc(4096).unwrap();
+    list.write_at(0, &(data.iova() + 4096).to_le_bytes())
+        .unwrap();
+    list.write_at(8, &(data.iova() + 8192).to_le_bytes())
+        .unwrap();
+    let mut cmd = rw_command(nvm::READ, NSID, 0, 24, false).unwrap();
+    cmd.set_prp(data.iova(), list.iova());
+    let st = qp.execute(cmd, DataPtr::None, IO_TIMEOUT).unwrap().status;
+    assert_eq!((st.sct, st.sc), dte, "PRP list in fd-less memory");
+    // An SGL segment in the window (its data block is fd-backed).
+    let seg = win.alloc(4096).unwrap();
+    seg.write_at(0, &SglDescriptor::data(data.iova(), 4096).to_bytes())
+        .unwrap();
+    let mut cmd = rw_command(nvm::READ, NSID, 0, 8, false).unwrap();
+    cmd.set_sgl(SglDescriptor::segment(seg.iova(), 1, true));
+    let st = qp.execute(cmd, DataPtr::None, IO_TIMEOUT).unwrap().status;
+    assert_eq!((st.sct, st.sc), dte, "SGL segment in fd-less memory");
+    // The same commands with everything fd-backed work: the controller carries on.
+    round_trip(&c, &mut qp, &win, 0, 0, &pattern(12, 4096), false);
+    let q2 = c.create_io_queue_pair(2, 16, None).unwrap();
+    c.delete_io_queue_pair(q2).unwrap();
+}
