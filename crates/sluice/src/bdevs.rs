@@ -206,9 +206,7 @@ impl Bdev {
             } => {
                 let mut p = json!({"name": self.name, "filename": filename,
                     "readonly": readonly, "fallocate": fallocate, "uuid": uuid});
-                if let (Some(bs), Some(o)) = (block_size_param, p.as_object_mut()) {
-                    o.insert("block_size".into(), json!(bs));
-                }
+                append_some(&mut p, "block_size", block_size_param);
                 json!({"method": "bdev_aio_create", "params": p})
             }
             BdevKind::Uring {
@@ -216,9 +214,7 @@ impl Bdev {
                 block_size_param,
             } => {
                 let mut p = json!({"name": self.name, "filename": filename, "uuid": uuid});
-                if let (Some(bs), Some(o)) = (block_size_param, p.as_object_mut()) {
-                    o.insert("block_size".into(), json!(bs));
-                }
+                append_some(&mut p, "block_size", block_size_param);
                 json!({"method": "bdev_uring_create", "params": p})
             }
             BdevKind::Nbd {
@@ -229,20 +225,10 @@ impl Bdev {
                 timeout_ms,
             } => {
                 let mut p = json!({"name": self.name, "export_name": export_name, "uuid": uuid});
-                if let Some(o) = p.as_object_mut() {
-                    if let Some(s) = socket_path {
-                        o.insert("socket_path".into(), json!(s));
-                    }
-                    if let Some(a) = address {
-                        o.insert("address".into(), json!(a));
-                    }
-                    if let Some(bs) = block_size_param {
-                        o.insert("block_size".into(), json!(bs));
-                    }
-                    if let Some(t) = timeout_ms {
-                        o.insert("timeout_ms".into(), json!(t));
-                    }
-                }
+                append_some(&mut p, "socket_path", socket_path);
+                append_some(&mut p, "address", address);
+                append_some(&mut p, "block_size", block_size_param);
+                append_some(&mut p, "timeout_ms", timeout_ms);
                 json!({"method": "bdev_nbd_client_create", "params": p})
             }
         }
@@ -416,6 +402,19 @@ fn check_block_size(field: &str, bs: u32) -> Result<(), RpcError> {
     Ok(())
 }
 
+/// Checks shared by null and malloc bdevs: the block size, a non-zero size, and no
+/// metadata or protection information (`md_size`, `dif_type`, `dif_pi_format`).
+fn check_format(block_size: u32, num_blocks: u64, md: [Option<u32>; 3]) -> Result<(), RpcError> {
+    check_block_size("block_size", block_size)?;
+    if num_blocks == 0 {
+        return Err(bad("num_blocks: must be greater than 0"));
+    }
+    for (field, value) in ["md_size", "dif_type", "dif_pi_format"].into_iter().zip(md) {
+        check_unsupported(field, value)?;
+    }
+    Ok(())
+}
+
 fn check_unsupported(field: &str, value: Option<u32>) -> Result<(), RpcError> {
     match value {
         None | Some(0) => Ok(()),
@@ -444,13 +443,11 @@ pub fn mem_available() -> Option<u64> {
 impl NullCreate {
     /// Validate and build.
     pub fn build(self) -> Result<Bdev, RpcError> {
-        check_block_size("block_size", self.block_size)?;
-        if self.num_blocks == 0 {
-            return Err(bad("num_blocks: must be greater than 0"));
-        }
-        check_unsupported("md_size", self.md_size)?;
-        check_unsupported("dif_type", self.dif_type)?;
-        check_unsupported("dif_pi_format", self.dif_pi_format)?;
+        check_format(
+            self.block_size,
+            self.num_blocks,
+            [self.md_size, self.dif_type, self.dif_pi_format],
+        )?;
         if self.dif_is_head_of_md == Some(true) {
             return Err(bad("dif_is_head_of_md: not supported"));
         }
@@ -488,13 +485,11 @@ impl NullCreate {
 impl MallocCreate {
     /// Validate and build; `auto_name` is used when no name is given.
     pub fn build(self, auto_name: String) -> Result<Bdev, RpcError> {
-        check_block_size("block_size", self.block_size)?;
-        if self.num_blocks == 0 {
-            return Err(bad("num_blocks: must be greater than 0"));
-        }
-        check_unsupported("md_size", self.md_size)?;
-        check_unsupported("dif_type", self.dif_type)?;
-        check_unsupported("dif_pi_format", self.dif_pi_format)?;
+        check_format(
+            self.block_size,
+            self.num_blocks,
+            [self.md_size, self.dif_type, self.dif_pi_format],
+        )?;
         if self.md_interleave == Some(true) || self.dif_is_head_of_md == Some(true) {
             return Err(bad(
                 "md_interleave/dif_is_head_of_md: metadata not supported",
@@ -651,6 +646,13 @@ impl QosParams {
     }
 }
 
+/// Append `key: value` to the params object `p` when `value` is set (optional params are
+/// omitted from a saved config, as rpc.py omits them).
+fn append_some(p: &mut Value, key: &str, value: &Option<impl serde::Serialize>) {
+    if let (Some(v), Some(o)) = (value, p.as_object_mut()) {
+        o.insert(key.to_owned(), json!(v));
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;

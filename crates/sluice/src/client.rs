@@ -159,266 +159,249 @@ enum Kind {
     False,
 }
 
-/// One flag: short, long, destination key (dots nest), kind, required.
-type Flag = (Option<char>, &'static str, &'static str, Kind, bool);
+/// One rpc.py option: `-s`/`--long`, stored at `[under.]long_with_underscores` (dots nest).
+#[derive(Debug, Clone, Copy)]
+struct Flag {
+    short: Option<char>,
+    long: &'static str,
+    under: Option<&'static str>,
+    kind: Kind,
+    required: bool,
+}
+
+impl Flag {
+    /// The same option, required.
+    const fn required(self) -> Self {
+        Self {
+            required: true,
+            ..self
+        }
+    }
+
+    /// The params key: the long name with `_` for `-`, under its parent object if any.
+    fn key(&self) -> String {
+        let leaf = self.long.replace('-', "_");
+        match self.under {
+            Some(parent) => format!("{parent}.{leaf}"),
+            None => leaf,
+        }
+    }
+
+    /// Whether `name` (`-s` or `--long`) names this option.
+    fn is_named(&self, name: &str) -> bool {
+        match name.strip_prefix("--") {
+            Some(long) => self.long == long,
+            None => {
+                let mut chars = name.strip_prefix('-').unwrap_or("").chars();
+                self.short.is_some() && chars.next() == self.short && chars.next().is_none()
+            }
+        }
+    }
+}
+
+/// An optional `-short`/`--long` option.
+const fn f(short: char, long: &'static str, kind: Kind) -> Flag {
+    Flag {
+        short: Some(short),
+        long,
+        under: None,
+        kind,
+        required: false,
+    }
+}
+
+/// An optional option with no short form.
+const fn l(long: &'static str, kind: Kind) -> Flag {
+    Flag {
+        short: None,
+        long,
+        under: None,
+        kind,
+        required: false,
+    }
+}
+
+/// An option of the `listen_address` object.
+const fn la(short: char, long: &'static str, kind: Kind) -> Flag {
+    Flag {
+        under: Some("listen_address"),
+        ..f(short, long, kind)
+    }
+}
+
+/// An option of the `namespace` object.
+const fn ns(short: Option<char>, long: &'static str, kind: Kind) -> Flag {
+    Flag {
+        short,
+        long,
+        under: Some("namespace"),
+        kind,
+        required: false,
+    }
+}
+
 /// One positional: destination key, kind, optional.
 type Pos = (&'static str, Kind, bool);
 
 struct Spec {
     pos: &'static [Pos],
-    flags: &'static [Flag],
+    flags: Vec<Flag>,
 }
 
-const TGT: Flag = (Some('t'), "tgt-name", "tgt_name", Kind::Str, false);
+impl Spec {
+    fn flags(&self) -> impl Iterator<Item = &Flag> {
+        self.flags.iter()
+    }
+}
+
+use Kind::{False, Float, Int, Str, True};
+
+const TGT: Flag = f('t', "tgt-name", Str);
+
+/// `nvmf_subsystem_add_listener` / `_remove_listener`: the listen address.
+const LISTEN_ADDRESS: &[Flag] = &[
+    la('t', "trtype", Str).required(),
+    la('a', "traddr", Str).required(),
+    la('f', "adrfam", Str),
+    la('s', "trsvcid", Str),
+    f('p', "tgt-name", Str),
+];
+
+/// `bdev_null_create` / `bdev_malloc_create`: block geometry, metadata and DIF.
+const BLOCK_FORMAT: &[Flag] = &[
+    f('p', "physical-block-size", Int),
+    f('m', "md-size", Int),
+    f('u', "uuid", Str),
+    f('t', "dif-type", Int),
+    f('d', "dif-is-head-of-md", True),
+    l("dif-pi-format", Int),
+];
 
 fn spec(method: &str) -> Option<Spec> {
-    use Kind::*;
-    let s = |pos: &'static [Pos], flags: &'static [Flag]| Some(Spec { pos, flags });
+    // Options come in groups so that shared groups are written once.
+    let s = |pos: &'static [Pos], groups: &[&[Flag]]| {
+        Some(Spec {
+            pos,
+            flags: groups.concat(),
+        })
+    };
     match method {
         "spdk_get_version"
         | "framework_start_init"
         | "framework_wait_init"
         | "framework_get_subsystems"
         | "bdev_wait_for_examine" => s(&[], &[]),
-        "rpc_get_methods" => s(
-            &[],
-            &[
-                (None, "current", "current", True, false),
-                (None, "include-aliases", "include_aliases", True, false),
-            ],
-        ),
+        "rpc_get_methods" => s(&[], &[&[l("current", True), l("include-aliases", True)]]),
         "framework_get_config" => s(&[("name", Str, false)], &[]),
         "spdk_kill_instance" => s(&[("sig_name", Str, false)], &[]),
         "nvmf_create_transport" => s(
             &[],
-            &[
-                (Some('t'), "trtype", "trtype", Str, true),
-                (Some('g'), "tgt-name", "tgt_name", Str, false),
-                (Some('q'), "max-queue-depth", "max_queue_depth", Int, false),
-                (
-                    Some('m'),
-                    "max-io-qpairs-per-ctrlr",
-                    "max_io_qpairs_per_ctrlr",
-                    Int,
-                    false,
-                ),
-                (
-                    Some('c'),
-                    "in-capsule-data-size",
-                    "in_capsule_data_size",
-                    Int,
-                    false,
-                ),
-                (Some('i'), "max-io-size", "max_io_size", Int, false),
-                (Some('u'), "io-unit-size", "io_unit_size", Int, false),
-                (Some('a'), "max-aq-depth", "max_aq_depth", Int, false),
-                (
-                    Some('n'),
-                    "num-shared-buffers",
-                    "num_shared_buffers",
-                    Int,
-                    false,
-                ),
-                (Some('b'), "buf-cache-size", "buf_cache_size", Int, false),
-                (Some('z'), "zcopy", "zcopy", True, false),
-                (Some('o'), "c2h-success", "c2h_success", False, false),
-                (
-                    Some('f'),
-                    "dif-insert-or-strip",
-                    "dif_insert_or_strip",
-                    True,
-                    false,
-                ),
-                (
-                    Some('x'),
-                    "abort-timeout-sec",
-                    "abort_timeout_sec",
-                    Int,
-                    false,
-                ),
-                (Some('w'), "no-wr-batching", "no_wr_batching", True, false),
-                (
-                    Some('M'),
-                    "disable-mappable-bar0",
-                    "disable_mappable_bar0",
-                    True,
-                    false,
-                ),
-                (
-                    Some('I'),
-                    "disable-adaptive-irq",
-                    "disable_adaptive_irq",
-                    True,
-                    false,
-                ),
-                (
-                    Some('S'),
-                    "disable-shadow-doorbells",
-                    "disable_shadow_doorbells",
-                    True,
-                    false,
-                ),
-                (None, "acceptor-poll-rate", "acceptor_poll_rate", Int, false),
-                (None, "no-srq", "no_srq", True, false),
-                (
-                    None,
-                    "disable-command-passthru",
-                    "disable_command_passthru",
-                    True,
-                    false,
-                ),
-                (None, "kas", "kas", Int, false),
-                (None, "min-kato", "min_kato", Int, false),
-            ],
+            &[&[
+                f('t', "trtype", Str).required(),
+                f('g', "tgt-name", Str),
+                f('q', "max-queue-depth", Int),
+                f('m', "max-io-qpairs-per-ctrlr", Int),
+                f('c', "in-capsule-data-size", Int),
+                f('i', "max-io-size", Int),
+                f('u', "io-unit-size", Int),
+                f('a', "max-aq-depth", Int),
+                f('n', "num-shared-buffers", Int),
+                f('b', "buf-cache-size", Int),
+                f('z', "zcopy", True),
+                f('o', "c2h-success", False),
+                f('f', "dif-insert-or-strip", True),
+                f('x', "abort-timeout-sec", Int),
+                f('w', "no-wr-batching", True),
+                f('M', "disable-mappable-bar0", True),
+                f('I', "disable-adaptive-irq", True),
+                f('S', "disable-shadow-doorbells", True),
+                l("acceptor-poll-rate", Int),
+                l("no-srq", True),
+                l("disable-command-passthru", True),
+                l("kas", Int),
+                l("min-kato", Int),
+            ]],
         ),
-        "nvmf_get_transports" => s(
-            &[],
-            &[
-                (Some('t'), "trtype", "trtype", Str, false),
-                (Some('g'), "tgt-name", "tgt_name", Str, false),
-            ],
-        ),
+        "nvmf_get_transports" => s(&[], &[&[f('t', "trtype", Str), f('g', "tgt-name", Str)]]),
         "nvmf_create_subsystem" => s(
             &[("nqn", Str, false)],
-            &[
+            &[&[
                 TGT,
-                (Some('s'), "serial-number", "serial_number", Str, false),
-                (Some('d'), "model-number", "model_number", Str, false),
-                (Some('a'), "allow-any-host", "allow_any_host", True, false),
-                (Some('r'), "ana-reporting", "ana_reporting", True, false),
-                (Some('m'), "max-namespaces", "max_namespaces", Int, false),
-                (Some('i'), "min-cntlid", "min_cntlid", Int, false),
-                (Some('I'), "max-cntlid", "max_cntlid", Int, false),
-                (None, "admin-label", "admin_label", Str, false),
-                (None, "passthrough", "passthrough", True, false),
-                (None, "enable-nssr", "enable_nssr", True, false),
-            ],
+                f('s', "serial-number", Str),
+                f('d', "model-number", Str),
+                f('a', "allow-any-host", True),
+                f('r', "ana-reporting", True),
+                f('m', "max-namespaces", Int),
+                f('i', "min-cntlid", Int),
+                f('I', "max-cntlid", Int),
+                l("admin-label", Str),
+                l("passthrough", True),
+                l("enable-nssr", True),
+            ]],
         ),
         "nvmf_delete_subsystem" | "nvmf_subsystem_get_controllers" => {
-            s(&[("nqn", Str, false)], &[TGT])
+            s(&[("nqn", Str, false)], &[&[TGT]])
         }
-        "nvmf_get_subsystems" => s(&[("nqn", Str, true)], &[TGT]),
-        "nvmf_get_stats" => s(&[], &[TGT]),
+        "nvmf_get_subsystems" => s(&[("nqn", Str, true)], &[&[TGT]]),
+        "nvmf_get_stats" => s(&[], &[&[TGT]]),
         "nvmf_subsystem_add_ns" => s(
             &[("nqn", Str, false), ("namespace.bdev_name", Str, false)],
-            &[
+            &[&[
                 TGT,
-                (Some('n'), "nsid", "namespace.nsid", Int, false),
-                (Some('g'), "nguid", "namespace.nguid", Str, false),
-                (Some('e'), "eui64", "namespace.eui64", Str, false),
-                (Some('u'), "uuid", "namespace.uuid", Str, false),
-                (Some('a'), "anagrpid", "namespace.anagrpid", Int, false),
-                (
-                    None,
-                    "no-auto-visible",
-                    "namespace.no_auto_visible",
-                    True,
-                    false,
-                ),
-                (
-                    None,
-                    "hide-metadata",
-                    "namespace.hide_metadata",
-                    True,
-                    false,
-                ),
-            ],
+                ns(Some('n'), "nsid", Int),
+                ns(Some('g'), "nguid", Str),
+                ns(Some('e'), "eui64", Str),
+                ns(Some('u'), "uuid", Str),
+                ns(Some('a'), "anagrpid", Int),
+                ns(None, "no-auto-visible", True),
+                ns(None, "hide-metadata", True),
+            ]],
         ),
-        "nvmf_subsystem_remove_ns" => s(&[("nqn", Str, false), ("nsid", Int, false)], &[TGT]),
+        "nvmf_subsystem_remove_ns" => s(&[("nqn", Str, false), ("nsid", Int, false)], &[&[TGT]]),
         "nvmf_subsystem_add_listener" => s(
             &[("nqn", Str, false)],
             &[
-                (Some('t'), "trtype", "listen_address.trtype", Str, true),
-                (Some('a'), "traddr", "listen_address.traddr", Str, true),
-                (Some('f'), "adrfam", "listen_address.adrfam", Str, false),
-                (Some('s'), "trsvcid", "listen_address.trsvcid", Str, false),
-                (Some('p'), "tgt-name", "tgt_name", Str, false),
-                (Some('k'), "secure-channel", "secure_channel", True, false),
-                (Some('n'), "ana-state", "ana_state", Str, false),
-                (None, "sock-impl", "sock_impl", Str, false),
-                (None, "numa-id", "numa_id", Int, false),
+                LISTEN_ADDRESS,
+                &[
+                    f('k', "secure-channel", True),
+                    f('n', "ana-state", Str),
+                    l("sock-impl", Str),
+                    l("numa-id", Int),
+                ],
             ],
         ),
-        "nvmf_subsystem_remove_listener" => s(
-            &[("nqn", Str, false)],
-            &[
-                (Some('t'), "trtype", "listen_address.trtype", Str, true),
-                (Some('a'), "traddr", "listen_address.traddr", Str, true),
-                (Some('f'), "adrfam", "listen_address.adrfam", Str, false),
-                (Some('s'), "trsvcid", "listen_address.trsvcid", Str, false),
-                (Some('p'), "tgt-name", "tgt_name", Str, false),
-            ],
-        ),
+        "nvmf_subsystem_remove_listener" => s(&[("nqn", Str, false)], &[LISTEN_ADDRESS]),
         "bdev_null_create" => s(
             &[
                 ("name", Str, false),
                 ("@total_size", Float, false),
                 ("block_size", Int, false),
             ],
-            &[
-                (
-                    Some('p'),
-                    "physical-block-size",
-                    "physical_block_size",
-                    Int,
-                    false,
-                ),
-                (Some('m'), "md-size", "md_size", Int, false),
-                (Some('u'), "uuid", "uuid", Str, false),
-                (Some('t'), "dif-type", "dif_type", Int, false),
-                (
-                    Some('d'),
-                    "dif-is-head-of-md",
-                    "dif_is_head_of_md",
-                    True,
-                    false,
-                ),
-                (None, "dif-pi-format", "dif_pi_format", Int, false),
-            ],
+            &[BLOCK_FORMAT],
         ),
         "bdev_malloc_create" => s(
             &[("@total_size", Float, false), ("block_size", Int, false)],
+            // md_interleave before dif_is_head_of_md (rpc.py's order of the defaults).
             &[
-                (Some('b'), "name", "name", Str, false),
-                (Some('u'), "uuid", "uuid", Str, false),
-                (
-                    Some('p'),
-                    "physical-block-size",
-                    "physical_block_size",
-                    Int,
-                    false,
-                ),
-                (
-                    Some('o'),
-                    "optimal-io-boundary",
-                    "optimal_io_boundary",
-                    Int,
-                    false,
-                ),
-                (Some('m'), "md-size", "md_size", Int, false),
-                (Some('i'), "md-interleave", "md_interleave", True, false),
-                (Some('t'), "dif-type", "dif_type", Int, false),
-                (
-                    Some('d'),
-                    "dif-is-head-of-md",
-                    "dif_is_head_of_md",
-                    True,
-                    false,
-                ),
-                (None, "dif-pi-format", "dif_pi_format", Int, false),
-                (None, "numa-id", "numa_id", Int, false),
+                &[
+                    f('b', "name", Str),
+                    f('o', "optimal-io-boundary", Int),
+                    f('i', "md-interleave", True),
+                    l("numa-id", Int),
+                ],
+                BLOCK_FORMAT,
             ],
         ),
         "bdev_nbd_client_create" => s(
             &[("name", Str, false)],
-            &[
-                (Some('s'), "socket-path", "socket_path", Str, false),
-                (Some('a'), "address", "address", Str, false),
-                (Some('e'), "export-name", "export_name", Str, false),
-                (Some('b'), "block-size", "block_size", Int, false),
-                (Some('t'), "timeout-ms", "timeout_ms", Int, false),
-                (Some('u'), "uuid", "uuid", Str, false),
-            ],
+            &[&[
+                f('s', "socket-path", Str),
+                f('a', "address", Str),
+                f('e', "export-name", Str),
+                f('b', "block-size", Int),
+                f('t', "timeout-ms", Int),
+                f('u', "uuid", Str),
+            ]],
         ),
         "bdev_null_delete"
         | "bdev_malloc_delete"
@@ -431,12 +414,12 @@ fn spec(method: &str) -> Option<Spec> {
                 ("name", Str, false),
                 ("block_size", Int, true),
             ],
-            &[
-                (Some('r'), "readonly", "readonly", True, false),
-                (Some('f'), "fallocate", "fallocate", True, false),
-                (Some('u'), "uuid", "uuid", Str, false),
-                (Some('n'), "nowait", "nowait", True, false),
-            ],
+            &[&[
+                f('r', "readonly", True),
+                f('f', "fallocate", True),
+                f('u', "uuid", Str),
+                f('n', "nowait", True),
+            ]],
         ),
         "bdev_uring_create" => s(
             &[
@@ -444,31 +427,25 @@ fn spec(method: &str) -> Option<Spec> {
                 ("name", Str, false),
                 ("block_size", Int, true),
             ],
-            &[(Some('u'), "uuid", "uuid", Str, false)],
+            &[&[f('u', "uuid", Str)]],
         ),
-        "bdev_get_bdevs" => s(
-            &[],
-            &[
-                (Some('b'), "name", "name", Str, false),
-                (Some('t'), "timeout", "timeout", Int, false),
-            ],
-        ),
+        "bdev_get_bdevs" => s(&[], &[&[f('b', "name", Str), f('t', "timeout", Int)]]),
         "bdev_get_iostat" => s(
             &[],
-            &[
-                (Some('b'), "name", "name", Str, false),
-                (Some('c'), "per-channel", "per_channel", True, false),
-                (None, "reset-mode", "reset_mode", Str, false),
-            ],
+            &[&[
+                f('b', "name", Str),
+                f('c', "per-channel", True),
+                l("reset-mode", Str),
+            ]],
         ),
         "bdev_set_qos_limit" => s(
             &[("name", Str, false)],
-            &[
-                (None, "rw-ios-per-sec", "rw_ios_per_sec", Int, false),
-                (None, "rw-mbytes-per-sec", "rw_mbytes_per_sec", Int, false),
-                (None, "r-mbytes-per-sec", "r_mbytes_per_sec", Int, false),
-                (None, "w-mbytes-per-sec", "w_mbytes_per_sec", Int, false),
-            ],
+            &[&[
+                l("rw-ios-per-sec", Int),
+                l("rw-mbytes-per-sec", Int),
+                l("r-mbytes-per-sec", Int),
+                l("w-mbytes-per-sec", Int),
+            ]],
         ),
         _ => None,
     }
@@ -517,7 +494,7 @@ pub fn build_params(method: &str, args: &[String]) -> Result<Option<Value>, Clie
     })?;
     let mut obj = Map::new();
     let mut positionals = Vec::new();
-    let mut seen: Vec<&'static str> = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
     let mut i = 0usize;
     while let Some(arg) = args.get(i) {
         i += 1;
@@ -530,18 +507,11 @@ pub fn build_params(method: &str, args: &[String]) -> Result<Option<Value>, Clie
             Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
             _ => (arg.clone(), None),
         };
-        let flag = spec
-            .flags
-            .iter()
-            .find(|f| match name.strip_prefix("--") {
-                Some(long) => f.1 == long,
-                None => name.len() == 2 && f.0.map(|c| format!("-{c}")) == Some(name.clone()),
-            })
-            .ok_or_else(|| {
-                ClientError::Usage(format!("{method}: unrecognized argument '{arg}'"))
-            })?;
-        let (_, _, key, kind, _) = *flag;
-        let value = match kind {
+        let flag = spec.flags().find(|f| f.is_named(&name)).ok_or_else(|| {
+            ClientError::Usage(format!("{method}: unrecognized argument '{arg}'"))
+        })?;
+        let key = flag.key();
+        let value = match flag.kind {
             Kind::True => json!(true),
             Kind::False => json!(false),
             _ => {
@@ -555,25 +525,26 @@ pub fn build_params(method: &str, args: &[String]) -> Result<Option<Value>, Clie
                         t
                     }
                 };
-                convert(kind, key, &text)?
+                convert(flag.kind, &key, &text)?
             }
         };
+        insert_path(&mut obj, &key, value);
         seen.push(key);
-        insert_path(&mut obj, key, value);
     }
-    for flag in spec.flags {
-        let (_, long, key, kind, required) = *flag;
+    for flag in spec.flags() {
+        let key = flag.key();
         if seen.contains(&key) {
             continue;
         }
-        if required {
+        if flag.required {
             return Err(ClientError::Usage(format!(
-                "{method}: the following argument is required: --{long}"
+                "{method}: the following argument is required: --{}",
+                flag.long
             )));
         }
-        match kind {
-            Kind::True => insert_path(&mut obj, key, json!(false)),
-            Kind::False => insert_path(&mut obj, key, json!(true)),
+        match flag.kind {
+            Kind::True => insert_path(&mut obj, &key, json!(false)),
+            Kind::False => insert_path(&mut obj, &key, json!(true)),
             _ => {}
         }
     }

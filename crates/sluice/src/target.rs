@@ -98,6 +98,13 @@ impl Target {
             .ok_or_else(|| bad(format!("nqn: subsystem '{nqn}' not found")))
     }
 
+    fn subsystem_mut(&mut self, nqn: &str) -> Result<&mut Subsystem, RpcError> {
+        self.subsystems
+            .iter_mut()
+            .find(|s| s.nqn == nqn)
+            .ok_or_else(|| bad(format!("nqn: subsystem '{nqn}' not found")))
+    }
+
     fn register_bdev(&mut self, mut b: Bdev) -> Result<Value, RpcError> {
         if self.bdev(&b.name).is_some() {
             return Err(RpcError::new(
@@ -442,11 +449,7 @@ impl Target {
     fn remove_ns(&mut self, params: Option<&Value>) -> Result<Value, RpcError> {
         let p: nvmf::RemoveNs = decode(params)?;
         nvmf::check_tgt(p.tgt_name.as_deref())?;
-        let idx = self.subsystem_idx(&p.nqn)?;
-        let sub = self
-            .subsystems
-            .get_mut(idx)
-            .ok_or_else(|| RpcError::internal("subsystem vanished"))?;
+        let sub = self.subsystem_mut(&p.nqn)?;
         let pos = sub
             .namespaces
             .iter()
@@ -506,11 +509,7 @@ impl Target {
     fn remove_listener(&mut self, params: Option<&Value>) -> Result<Value, RpcError> {
         let p: nvmf::RemoveListener = decode(params)?;
         let addr = p.address()?;
-        let idx = self.subsystem_idx(&p.nqn)?;
-        let sub = self
-            .subsystems
-            .get_mut(idx)
-            .ok_or_else(|| RpcError::internal("subsystem vanished"))?;
+        let sub = self.subsystem_mut(&p.nqn)?;
         let pos = sub
             .listeners
             .iter()

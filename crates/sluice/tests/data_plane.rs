@@ -201,14 +201,7 @@ fn live_namespace_add_raises_aen_and_listener_removal_detaches_client() {
     );
     // The same directory can be listened on again and a new client works.
     drop(c);
-    d.rpc_ok(&[
-        "nvmf_subsystem_add_listener",
-        NQN,
-        "-t",
-        "VFIOUSER",
-        "-a",
-        dir.to_str().unwrap(),
-    ]);
+    d.listen(NQN, &dir);
     let mut c2 = connect(&sock);
     assert_eq!(c2.active_namespaces().unwrap(), vec![1]);
 }
@@ -272,14 +265,7 @@ fn controllers_are_placed_on_the_least_loaded_poll_thread() {
         let nqn = format!("nqn.2019-07.io.spdk:cnode{i}");
         let dir = d.mkdir(&format!("l{i}"));
         d.rpc_ok(&["nvmf_create_subsystem", "-a", &nqn]);
-        d.rpc_ok(&[
-            "nvmf_subsystem_add_listener",
-            &nqn,
-            "-t",
-            "VFIOUSER",
-            "-a",
-            dir.to_str().unwrap(),
-        ]);
+        d.listen(&nqn, &dir);
     }
     let stats = d.rpc_json(&["nvmf_get_stats"]);
     let groups = stats["poll_groups"].as_array().unwrap();
