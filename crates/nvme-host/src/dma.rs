@@ -15,6 +15,13 @@ use crate::error::DmaError;
 /// Page size used for DMA buffers and PRPs.
 pub const PAGE_SIZE: u64 = 4096;
 
+fn out_of_bounds(iova: u64, len: usize) -> DmaError {
+    DmaError::OutOfBounds {
+        iova,
+        len: len as u64,
+    }
+}
+
 /// A memfd-backed arena of DMA memory at a fixed IOVA range.
 #[derive(Debug)]
 pub struct DmaArena {
@@ -155,10 +162,7 @@ impl DmaArena {
         let a = self.check(iova, data.len() as u64)?;
         self.mem
             .write_slice(data, a)
-            .map_err(|_| DmaError::OutOfBounds {
-                iova,
-                len: data.len() as u64,
-            })
+            .map_err(|_| out_of_bounds(iova, data.len()))
     }
 
     /// Copies from the arena at `iova` into `data`.
@@ -166,10 +170,7 @@ impl DmaArena {
         let a = self.check(iova, data.len() as u64)?;
         self.mem
             .read_slice(data, a)
-            .map_err(|_| DmaError::OutOfBounds {
-                iova,
-                len: data.len() as u64,
-            })
+            .map_err(|_| out_of_bounds(iova, data.len()))
     }
 
     /// A second, shared mapping of `len` bytes at `iova` (same pages, coherent): hot loops

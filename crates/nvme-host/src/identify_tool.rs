@@ -107,65 +107,35 @@ impl IdentifyReport {
         writeln!(o, "================================")?;
         writeln!(o, "{:<39}{:04x}", "Vendor ID:", c.vid)?;
         writeln!(o, "{:<39}{:04x}", "Subsystem Vendor ID:", c.ssvid)?;
-        writeln!(o, "{:<39}{}", "Serial Number:", c.sn)?;
-        writeln!(o, "{:<39}{}", "Model Number:", c.mn)?;
-        writeln!(o, "{:<39}{}", "Firmware Version:", c.fr)?;
-        writeln!(o, "{:<39}{}", "Recommended Arb Burst:", c.rab)?;
+        kv(o, "Serial Number:", &c.sn)?;
+        kv(o, "Model Number:", &c.mn)?;
+        kv(o, "Firmware Version:", &c.fr)?;
+        kv(o, "Recommended Arb Burst:", c.rab)?;
         writeln!(
             o,
             "{:<39}{:02x} {:02x} {:02x}",
             "IEEE OUI Identifier:", c.ieee[0], c.ieee[1], c.ieee[2]
         )?;
         writeln!(o, "Multi-path I/O")?;
-        writeln!(
-            o,
-            "  {:<37}{}",
-            "May have multiple subsystem ports:",
-            yn(c.cmic & 1 != 0)
-        )?;
-        writeln!(
-            o,
-            "  {:<37}{}",
-            "May have multiple controllers:",
-            yn(c.cmic & 2 != 0)
-        )?;
-        writeln!(
-            o,
-            "  {:<37}{}",
-            "Associated with SR-IOV VF:",
-            yn(c.cmic & 4 != 0)
-        )?;
+        kv2(o, "May have multiple subsystem ports:", yn(c.cmic & 1 != 0))?;
+        kv2(o, "May have multiple controllers:", yn(c.cmic & 2 != 0))?;
+        kv2(o, "Associated with SR-IOV VF:", yn(c.cmic & 4 != 0))?;
         match c.max_transfer(cap.mpsmin()) {
             Some(m) => writeln!(o, "{:<39}{}", "Max Data Transfer Size:", m)?,
             None => writeln!(o, "{:<39}Unlimited", "Max Data Transfer Size:")?,
         }
-        writeln!(o, "{:<39}{}", "Max Number of Namespaces:", c.nn)?;
+        kv(o, "Max Number of Namespaces:", c.nn)?;
         if let Some(q) = self.num_queues {
             let n = (q & 0xffff).min(q >> 16) + 1;
-            writeln!(o, "{:<39}{}", "Max Number of I/O Queues:", n)?;
+            kv(o, "Max Number of I/O Queues:", n)?;
         }
-        writeln!(
-            o,
-            "{:<39}{}",
-            "NVMe Specification Version (VS):",
-            fmt_ver(self.vs)
-        )?;
-        writeln!(
-            o,
-            "{:<39}{}",
-            "NVMe Specification Version (Identify):",
-            fmt_ver(c.ver)
-        )?;
-        writeln!(o, "{:<39}{}", "Maximum Queue Entries:", cap.mqes())?;
-        writeln!(o, "{:<39}{}", "Contiguous Queues Required:", yn(cap.cqr()))?;
+        kv(o, "NVMe Specification Version (VS):", fmt_ver(self.vs))?;
+        kv(o, "NVMe Specification Version (Identify):", fmt_ver(c.ver))?;
+        kv(o, "Maximum Queue Entries:", cap.mqes())?;
+        kv(o, "Contiguous Queues Required:", yn(cap.cqr()))?;
         writeln!(o, "Arbitration Mechanisms Supported")?;
-        writeln!(
-            o,
-            "  {:<37}{}",
-            "Weighted Round Robin:",
-            sup(cap.ams() & 1 != 0)
-        )?;
-        writeln!(o, "  {:<37}{}", "Vendor Specific:", sup(cap.ams() & 2 != 0))?;
+        kv2(o, "Weighted Round Robin:", sup(cap.ams() & 1 != 0))?;
+        kv2(o, "Vendor Specific:", sup(cap.ams() & 2 != 0))?;
         writeln!(
             o,
             "{:<39}{} ms",
@@ -173,10 +143,10 @@ impl IdentifyReport {
             u32::from(cap.to()) * 500
         )?;
         writeln!(o, "{:<39}{} bytes", "Doorbell Stride:", 4u32 << cap.dstrd())?;
-        writeln!(o, "{:<39}{}", "NVM Subsystem Reset:", sup(cap.nssrs()))?;
+        kv(o, "NVM Subsystem Reset:", sup(cap.nssrs()))?;
         writeln!(o, "Command Sets Supported")?;
-        writeln!(o, "  {:<37}{}", "NVM Command Set:", sup(cap.css() & 1 != 0))?;
-        writeln!(o, "{:<39}{}", "Boot Partition:", sup(cap.bps()))?;
+        kv2(o, "NVM Command Set:", sup(cap.css() & 1 != 0))?;
+        kv(o, "Boot Partition:", sup(cap.bps()))?;
         writeln!(
             o,
             "{:<39}{} bytes",
@@ -189,7 +159,7 @@ impl IdentifyReport {
             "Memory Page Size Maximum:",
             cap.mpsmax()
         )?;
-        writeln!(o, "{:<39}{}", "Persistent Memory Region:", sup(cap.pmrs()))?;
+        kv(o, "Persistent Memory Region:", sup(cap.pmrs()))?;
         writeln!(o, "Optional Asynchronous Events Supported")?;
         let aes = [
             (8, "Namespace Attribute Notices:"),
@@ -231,11 +201,11 @@ impl IdentifyReport {
         writeln!(o)?;
         writeln!(o, "Controller Memory Buffer Support")?;
         writeln!(o, "================================")?;
-        writeln!(o, "{:<39}{}", "Supported:", yn(cap.cmbs()))?;
+        kv(o, "Supported:", yn(cap.cmbs()))?;
         writeln!(o)?;
         writeln!(o, "Persistent Memory Region Support")?;
         writeln!(o, "================================")?;
-        writeln!(o, "{:<39}{}", "Supported:", yn(cap.pmrs()))?;
+        kv(o, "Supported:", yn(cap.pmrs()))?;
         writeln!(o)?;
         writeln!(o, "Admin Command Set Attributes")?;
         writeln!(o, "============================")?;
@@ -255,27 +225,12 @@ impl IdentifyReport {
         for (bit, name) in oacs {
             writeln!(o, "{:<39}{}", name, sup(c.oacs & (1 << bit) != 0))?;
         }
-        writeln!(o, "{:<39}{}", "Abort Command Limit:", u16::from(c.acl) + 1)?;
-        writeln!(
-            o,
-            "{:<39}{}",
-            "Async Event Request Limit:",
-            u16::from(c.aerl) + 1
-        )?;
+        kv(o, "Abort Command Limit:", u16::from(c.acl) + 1)?;
+        kv(o, "Async Event Request Limit:", u16::from(c.aerl) + 1)?;
         let fw_update = c.oacs & 4 != 0;
         if fw_update {
-            writeln!(
-                o,
-                "{:<39}{}",
-                "Number of Firmware Slots:",
-                (c.frmw >> 1) & 7
-            )?;
-            writeln!(
-                o,
-                "{:<39}{}",
-                "Firmware Slot 1 Read-Only:",
-                yn(c.frmw & 1 != 0)
-            )?;
+            kv(o, "Number of Firmware Slots:", (c.frmw >> 1) & 7)?;
+            kv(o, "Firmware Slot 1 Read-Only:", yn(c.frmw & 1 != 0))?;
         } else {
             writeln!(o, "{:<39}N/A", "Number of Firmware Slots:")?;
             writeln!(o, "{:<39}N/A", "Firmware Slot 1 Read-Only:")?;
@@ -287,55 +242,27 @@ impl IdentifyReport {
             "{:<39}No Information Provided",
             "Firmware Update Granularity:"
         )?;
-        writeln!(
+        kv(o, "Per-Namespace SMART Log:", yn(c.lpa & 1 != 0))?;
+        kv(
             o,
-            "{:<39}{}",
-            "Per-Namespace SMART Log:",
-            yn(c.lpa & 1 != 0)
-        )?;
-        writeln!(
-            o,
-            "{:<39}{}",
             "Asymmetric Namespace Access Log Page:",
-            sup(c.cmic & 8 != 0)
+            sup(c.cmic & 8 != 0),
         )?;
-        writeln!(o, "{:<39}{}", "Subsystem NQN:", c.subnqn)?;
-        writeln!(
+        kv(o, "Subsystem NQN:", &c.subnqn)?;
+        kv(o, "Command Effects Log Page:", sup(c.lpa & 2 != 0))?;
+        kv(o, "Get Log Page Extended Data:", sup(c.lpa & 4 != 0))?;
+        kv(o, "Telemetry Log Pages:", sup(c.lpa & 8 != 0))?;
+        kv(o, "Persistent Event Log Pages:", sup(c.lpa & 16 != 0))?;
+        kv(o, "Supported Log Pages Log Page:", sup(c.lpa & 32 != 0))?;
+        kv(
             o,
-            "{:<39}{}",
-            "Command Effects Log Page:",
-            sup(c.lpa & 2 != 0)
-        )?;
-        writeln!(
-            o,
-            "{:<39}{}",
-            "Get Log Page Extended Data:",
-            sup(c.lpa & 4 != 0)
-        )?;
-        writeln!(o, "{:<39}{}", "Telemetry Log Pages:", sup(c.lpa & 8 != 0))?;
-        writeln!(
-            o,
-            "{:<39}{}",
-            "Persistent Event Log Pages:",
-            sup(c.lpa & 16 != 0)
-        )?;
-        writeln!(
-            o,
-            "{:<39}{}",
-            "Supported Log Pages Log Page:",
-            sup(c.lpa & 32 != 0)
-        )?;
-        writeln!(
-            o,
-            "{:<39}{}",
             "Commands Supported & Effects Log Page:",
-            sup(c.lpa & 2 != 0)
+            sup(c.lpa & 2 != 0),
         )?;
-        writeln!(
+        kv(
             o,
-            "{:<39}{}",
             "Error Log Page Entries Supported:",
-            u16::from(c.elpe) + 1
+            u16::from(c.elpe) + 1,
         )?;
         if c.kas == 0 {
             writeln!(o, "{:<39}Not Supported", "Keep Alive:")?;
@@ -649,6 +576,16 @@ fn le128(b: &[u8], off: usize) -> u128 {
     u128::from_le_bytes(x)
 }
 
+/// One `Label:   value` line (label padded to 39 columns, like spdk_nvme_identify).
+fn kv(o: &mut String, label: &str, v: impl std::fmt::Display) -> std::fmt::Result {
+    writeln!(o, "{label:<39}{v}")
+}
+
+/// The same, indented under a heading.
+fn kv2(o: &mut String, label: &str, v: impl std::fmt::Display) -> std::fmt::Result {
+    writeln!(o, "  {label:<37}{v}")
+}
+
 fn render_health(o: &mut String, h: &[u8]) -> std::fmt::Result {
     let b = |i: usize| h.get(i).copied().unwrap_or(0);
     let ok = |bit: u8| {
@@ -722,39 +659,28 @@ fn render_namespace(o: &mut String, id: u32, ns: &IdentifyNamespace) -> std::fmt
     writeln!(o, "Namespace ID:{id}")?;
     writeln!(o, "{:<39}Unlimited", "Error Recovery Timeout:")?;
     writeln!(o, "{:<39}NVM (00h)", "Command Set Identifier:")?;
-    writeln!(
+    kv(
         o,
-        "{:<39}{}",
         "Deallocate:",
-        sup(ns.dlfeat & 0x8 != 0 || ns.nsfeat & 4 != 0)
+        sup(ns.dlfeat & 0x8 != 0 || ns.nsfeat & 4 != 0),
     )?;
-    writeln!(
-        o,
-        "{:<39}{}",
-        "Deallocated/Unwritten Error:",
-        sup(ns.nsfeat & 4 != 0)
-    )?;
+    kv(o, "Deallocated/Unwritten Error:", sup(ns.nsfeat & 4 != 0))?;
     let dv = match ns.dlfeat & 7 {
         1 => "All 0x00",
         2 => "All 0xFF",
         _ => "Unknown",
     };
-    writeln!(o, "{:<39}{}", "Deallocated Read Value:", dv)?;
-    writeln!(
-        o,
-        "{:<39}{}",
-        "Deallocate in Write Zeroes:",
-        sup(ns.dlfeat & 8 != 0)
-    )?;
+    kv(o, "Deallocated Read Value:", dv)?;
+    kv(o, "Deallocate in Write Zeroes:", sup(ns.dlfeat & 8 != 0))?;
     writeln!(o, "{:<39}0xFFFF", "Deallocated Guard Field:")?;
     writeln!(o, "{:<39}Supported", "Flush:")?;
-    writeln!(o, "{:<39}{}", "Reservation:", sup(ns.rescap != 0))?;
+    kv(o, "Reservation:", sup(ns.rescap != 0))?;
     let share = if ns.nmic & 1 != 0 {
         "Multiple Controllers"
     } else {
         "Private"
     };
-    writeln!(o, "{:<39}{}", "Namespace Sharing Capabilities:", share)?;
+    kv(o, "Namespace Sharing Capabilities:", share)?;
     for (name, v) in [
         ("Size (in LBAs):", ns.nsze),
         ("Capacity (in LBAs):", ns.ncap),
@@ -764,7 +690,7 @@ fn render_namespace(o: &mut String, id: u32, ns: &IdentifyNamespace) -> std::fmt
     }
     if ns.nguid != [0; 16] {
         let hex: String = ns.nguid.iter().map(|b| format!("{b:02X}")).collect();
-        writeln!(o, "{:<39}{}", "NGUID:", hex)?;
+        kv(o, "NGUID:", &hex)?;
         let g = &ns.nguid;
         let lo: String = g.iter().map(|b| format!("{b:02x}")).collect();
         let uuid = format!(
@@ -775,44 +701,33 @@ fn render_namespace(o: &mut String, id: u32, ns: &IdentifyNamespace) -> std::fmt
             lo.get(16..20).unwrap_or(""),
             lo.get(20..32).unwrap_or("")
         );
-        writeln!(o, "{:<39}{}", "UUID:", uuid)?;
+        kv(o, "UUID:", &uuid)?;
     }
     if ns.eui64 != [0; 8] {
         let hex: String = ns.eui64.iter().map(|b| format!("{b:02X}")).collect();
-        writeln!(o, "{:<39}{}", "EUI64:", hex)?;
+        kv(o, "EUI64:", &hex)?;
     }
-    writeln!(o, "{:<39}{}", "Thin Provisioning:", sup(ns.nsfeat & 1 != 0))?;
-    writeln!(
+    kv(o, "Thin Provisioning:", sup(ns.nsfeat & 1 != 0))?;
+    kv(
         o,
-        "{:<39}{}",
         "Per-NS Atomic Units:",
-        if ns.nsfeat & 2 != 0 { "Yes" } else { "No" }
+        if ns.nsfeat & 2 != 0 { "Yes" } else { "No" },
     )?;
     if ns.nsfeat & 2 != 0 {
-        writeln!(o, "  {:<37}{}", "Atomic Boundary Size (Normal):", ns.nabsn)?;
-        writeln!(o, "  {:<37}{}", "Atomic Boundary Size (PFail):", ns.nabspf)?;
-        writeln!(o, "  {:<37}{}", "Atomic Boundary Offset:", ns.nabo)?;
+        kv2(o, "Atomic Boundary Size (Normal):", ns.nabsn)?;
+        kv2(o, "Atomic Boundary Size (PFail):", ns.nabspf)?;
+        kv2(o, "Atomic Boundary Offset:", ns.nabo)?;
     }
     writeln!(
         o,
         "{:<39}{}",
         "Maximum Single Source Range Length:", ns.mssrl
     )?;
-    writeln!(o, "{:<39}{}", "Maximum Copy Length:", ns.mcl)?;
-    writeln!(
-        o,
-        "{:<39}{}",
-        "Maximum Source Range Count:",
-        u16::from(ns.msrc) + 1
-    )?;
+    kv(o, "Maximum Copy Length:", ns.mcl)?;
+    kv(o, "Maximum Source Range Count:", u16::from(ns.msrc) + 1)?;
     writeln!(o, "{:<39}No", "NGUID/EUI64 Never Reused:")?;
     writeln!(o, "{:<39}No", "Namespace Write Protected:")?;
-    writeln!(
-        o,
-        "{:<39}{}",
-        "Number of LBA Formats:",
-        u16::from(ns.nlbaf) + 1
-    )?;
+    kv(o, "Number of LBA Formats:", u16::from(ns.nlbaf) + 1)?;
     writeln!(
         o,
         "{:<39}LBA Format #{:02}",

@@ -66,6 +66,12 @@ fn ok(opcode: u8, c: Completion) -> Result<Completion, Error> {
 }
 
 impl QueuePair {
+    /// Runs `cmd` over the first `len` bytes of `buf` (PRPs); waits.
+    fn blocks(&mut self, cmd: Command, len: u64, buf: &DmaBuf) -> Result<Completion, Error> {
+        let d = data_ptr(buf, 0, len, false)?;
+        self.execute(cmd, d, IO_TIMEOUT)
+    }
+
     /// Reads `nlb` blocks of `block` bytes into `buf` (at offset 0) with PRPs; waits.
     pub fn read_blocks(
         &mut self,
@@ -76,8 +82,7 @@ impl QueuePair {
         buf: &DmaBuf,
     ) -> Result<Completion, Error> {
         let c = rw_command(nvm::READ, nsid, slba, nlb, false)?;
-        let d = data_ptr(buf, 0, u64::from(nlb) * block, false)?;
-        ok(nvm::READ, self.execute(c, d, IO_TIMEOUT)?)
+        ok(nvm::READ, self.blocks(c, u64::from(nlb) * block, buf)?)
     }
 
     /// Writes `nlb` blocks from `buf` (at offset 0) with PRPs; waits.
@@ -91,8 +96,7 @@ impl QueuePair {
         fua: bool,
     ) -> Result<Completion, Error> {
         let c = rw_command(nvm::WRITE, nsid, slba, nlb, fua)?;
-        let d = data_ptr(buf, 0, u64::from(nlb) * block, false)?;
-        ok(nvm::WRITE, self.execute(c, d, IO_TIMEOUT)?)
+        ok(nvm::WRITE, self.blocks(c, u64::from(nlb) * block, buf)?)
     }
 
     /// Flush; waits.
@@ -139,8 +143,7 @@ impl QueuePair {
         buf: &DmaBuf,
     ) -> Result<Completion, Error> {
         let c = rw_command(nvm::COMPARE, nsid, slba, nlb, false)?;
-        let d = data_ptr(buf, 0, u64::from(nlb) * block, false)?;
-        self.execute(c, d, IO_TIMEOUT)
+        self.blocks(c, u64::from(nlb) * block, buf)
     }
 }
 

@@ -121,11 +121,41 @@ impl std::fmt::Debug for RustVmmTransport {
     }
 }
 
-fn req(what: &'static str) -> impl FnOnce(vfio_user::Error) -> TransportError {
+/// Wraps a client error as the failure of request `what`.
+fn req<E: std::error::Error + Send + Sync + 'static>(
+    what: &'static str,
+) -> impl FnOnce(E) -> TransportError {
     move |e| TransportError::Request {
         what,
         cause: Box::new(e),
     }
+}
+
+/// REGION_READ / REGION_WRITE through `self.client` (both clients spell them alike).
+macro_rules! region_access {
+    () => {
+        fn region_read(
+            &mut self,
+            index: u32,
+            offset: u64,
+            data: &mut [u8],
+        ) -> Result<(), TransportError> {
+            self.client
+                .region_read(index, offset, data)
+                .map_err(req("REGION_READ"))
+        }
+
+        fn region_write(
+            &mut self,
+            index: u32,
+            offset: u64,
+            data: &[u8],
+        ) -> Result<(), TransportError> {
+            self.client
+                .region_write(index, offset, data)
+                .map_err(req("REGION_WRITE"))
+        }
+    };
 }
 
 impl RustVmmTransport {
@@ -140,22 +170,7 @@ impl RustVmmTransport {
 }
 
 impl Transport for RustVmmTransport {
-    fn region_read(
-        &mut self,
-        index: u32,
-        offset: u64,
-        data: &mut [u8],
-    ) -> Result<(), TransportError> {
-        self.client
-            .region_read(index, offset, data)
-            .map_err(req("REGION_READ"))
-    }
-
-    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), TransportError> {
-        self.client
-            .region_write(index, offset, data)
-            .map_err(req("REGION_WRITE"))
-    }
+    region_access!();
 
     fn region_size(&self, index: u32) -> Option<u64> {
         self.client.region(index).map(|r| r.size)
@@ -235,13 +250,6 @@ impl std::fmt::Debug for VfuTransport {
     }
 }
 
-fn vreq(what: &'static str) -> impl FnOnce(vfu_client::ClientError) -> TransportError {
-    move |e| TransportError::Request {
-        what,
-        cause: Box::new(e),
-    }
-}
-
 /// A read timeout surfaces as `EAGAIN`/`ETIMEDOUT`; say what it means instead.
 fn explain_timeout(
     e: vfu_client::ClientError,
@@ -283,13 +291,13 @@ impl VfuTransport {
 
     /// Wraps an already negotiated client.
     pub fn from_client(client: vfu_client::Client) -> Result<Self, TransportError> {
-        let info = client.device_info().map_err(vreq("DEVICE_GET_INFO"))?;
+        let info = client.device_info().map_err(req("DEVICE_GET_INFO"))?;
         let n = info.num_regions.min(64);
         let mut regions = Vec::new();
         for i in 0..n {
             let d = client
                 .region_info(i)
-                .map_err(vreq("DEVICE_GET_REGION_INFO"))?;
+                .map_err(req("DEVICE_GET_REGION_INFO"))?;
             let mmap = d.fd.map(|fd| RegionMmap {
                 file: Arc::new(File::from(fd)),
                 file_offset: d.info.offset,
@@ -327,22 +335,7 @@ impl Transport for VfuTransport {
         }
     }
 
-    fn region_read(
-        &mut self,
-        index: u32,
-        offset: u64,
-        data: &mut [u8],
-    ) -> Result<(), TransportError> {
-        self.client
-            .region_read(index, offset, data)
-            .map_err(vreq("REGION_READ"))
-    }
-
-    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), TransportError> {
-        self.client
-            .region_write(index, offset, data)
-            .map_err(vreq("REGION_WRITE"))
-    }
+    region_access!();
 
     fn region_size(&self, index: u32) -> Option<u64> {
         self.regions.get(index as usize).map(|r| r.0)
@@ -362,14 +355,14 @@ impl Transport for VfuTransport {
         let flags = vfu_client::proto::DMA_FLAG_READ | vfu_client::proto::DMA_FLAG_WRITE;
         self.client
             .dma_map_raw(flags, offset, iova, size, Some(fd))
-            .map_err(vreq("DMA_MAP"))
+            .map_err(req("DMA_MAP"))
     }
 
     fn dma_unmap(&mut self, iova: u64, size: u64) -> Result<(), TransportError> {
         self.client
             .dma_unmap(iova, size)
             .map(|_| ())
-            .map_err(vreq("DMA_UNMAP"))?;
+            .map_err(req("DMA_UNMAP"))?;
         self.fdless.retain(|w| !(w.0 == iova && w.1 == size));
         Ok(())
     }
@@ -381,7 +374,7 @@ impl Transport for VfuTransport {
         writable: bool,
     ) -> Result<File, TransportError> {
         use vfu_client::proto::{DMA_FLAG_READ, DMA_FLAG_WRITE};
-        let buf = vfu_client::DmaBuffer::new(iova, size).map_err(vreq("DMA buffer"))?;
+        let buf = vfu_client::DmaBuffer::new(iova, size).map_err(req("DMA buffer"))?;
         let file =
             buf.fd()
                 .try_clone_to_owned()
@@ -393,7 +386,7 @@ impl Transport for VfuTransport {
         let flags = DMA_FLAG_READ | if writable { DMA_FLAG_WRITE } else { 0 };
         self.client
             .dma_map_fdless(&buf, flags)
-            .map_err(vreq("DMA_MAP (no fd)"))?;
+            .map_err(req("DMA_MAP (no fd)"))?;
         self.fdless.push((iova, size, buf));
         Ok(file)
     }
@@ -401,7 +394,7 @@ impl Transport for VfuTransport {
     fn serve_requests(&mut self) -> Result<usize, TransportError> {
         self.client
             .serve_pending(std::time::Duration::ZERO)
-            .map_err(vreq("serving DMA_READ/DMA_WRITE"))
+            .map_err(req("serving DMA_READ/DMA_WRITE"))
     }
 
     fn needs_serving(&self) -> bool {
@@ -412,7 +405,7 @@ impl Transport for VfuTransport {
         self.client
             .irq_info(index)
             .map(|i| i.count)
-            .map_err(vreq("DEVICE_GET_IRQ_INFO"))
+            .map_err(req("DEVICE_GET_IRQ_INFO"))
     }
 
     fn set_irqs(
@@ -427,14 +420,14 @@ impl Transport for VfuTransport {
             return self
                 .client
                 .set_irq_eventfds(index, start, fds)
-                .map_err(vreq("DEVICE_SET_IRQS"));
+                .map_err(req("DEVICE_SET_IRQS"));
         }
         self.client
             .set_irqs(index, flags, start, count, fds)
-            .map_err(vreq("DEVICE_SET_IRQS"))
+            .map_err(req("DEVICE_SET_IRQS"))
     }
 
     fn device_reset(&mut self) -> Result<(), TransportError> {
-        self.client.reset().map_err(vreq("DEVICE_RESET"))
+        self.client.reset().map_err(req("DEVICE_RESET"))
     }
 }

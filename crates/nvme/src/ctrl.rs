@@ -1015,21 +1015,31 @@ impl Controller {
         ien: bool,
         iv: u16,
     ) -> Result<(), Status> {
-        let mem = self.mem.clone().ok_or(Status::DATA_TRANSFER_ERROR)?;
-        let ring =
-            Ring::new(&mem, gpa, usize::from(size) * 16).ok_or(Status::DATA_TRANSFER_ERROR)?;
-        ring.zero();
+        let ring = self.queue_ring(gpa, usize::from(size) * 16)?;
         let slot = self
             .cqs
             .get_mut(usize::from(qid))
             .ok_or(Status::INVALID_QID)?;
         *slot = Some(new_cq(size, gpa, Some(ring), ien, iv));
-        self.shared.doorbells.store(usize::from(qid) * 2 + 1, 0);
+        self.clear_doorbell(usize::from(qid) * 2 + 1);
         self.shared.mirror_cq(qid, ien, 0);
-        if let Some(sh) = &self.shadow {
-            let _ = sh.db.write_u32((usize::from(qid) * 2 + 1) * 4, 0);
-        }
         Ok(())
+    }
+
+    /// A zeroed ring of `bytes` at `gpa` in mapped memory (Data Transfer Error if not).
+    fn queue_ring(&self, gpa: u64, bytes: usize) -> Result<Ring, Status> {
+        let mem = self.mem.as_ref().ok_or(Status::DATA_TRANSFER_ERROR)?;
+        let ring = Ring::new(mem, gpa, bytes).ok_or(Status::DATA_TRANSFER_ERROR)?;
+        ring.zero();
+        Ok(ring)
+    }
+
+    /// Zeroes doorbell `idx` in the doorbell page and, if configured, the shadow buffer.
+    fn clear_doorbell(&self, idx: usize) {
+        self.shared.doorbells.store(idx, 0);
+        if let Some(sh) = &self.shadow {
+            let _ = sh.db.write_u32(idx * 4, 0);
+        }
     }
 
     pub(crate) fn create_sq(
@@ -1039,10 +1049,7 @@ impl Controller {
         gpa: u64,
         cqid: u16,
     ) -> Result<(), Status> {
-        let mem = self.mem.clone().ok_or(Status::DATA_TRANSFER_ERROR)?;
-        let ring =
-            Ring::new(&mem, gpa, usize::from(size) * 64).ok_or(Status::DATA_TRANSFER_ERROR)?;
-        ring.zero();
+        let ring = self.queue_ring(gpa, usize::from(size) * 64)?;
         let cq = self
             .cqs
             .get_mut(usize::from(cqid))
@@ -1064,10 +1071,7 @@ impl Controller {
             db_error: false,
             published: 0,
         });
-        self.shared.doorbells.store(usize::from(qid) * 2, 0);
-        if let Some(sh) = &self.shadow {
-            let _ = sh.db.write_u32(usize::from(qid) * 4 * 2, 0);
-        }
+        self.clear_doorbell(usize::from(qid) * 2);
         self.active_sqs.push(qid);
         if qid != 0 {
             self.stats.io_queues_created += 1;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::ctrl::Controller;
+use crate::ctrl::{Controller, Shared};
 use crate::poller::ControllerHandle;
 use crate::spec::{admin, reg, Cqe, Sqe, Status};
 use crate::GuestMem;
@@ -18,8 +18,14 @@ use crate::GuestMem;
 pub trait Target {
     /// BAR0 write.
     fn write_bar0(&mut self, off: u64, data: &[u8]);
-    /// BAR0 read.
-    fn read_bar0(&mut self, off: u64) -> u32;
+    /// The register mirrors (BAR0 reads are served from them).
+    fn regs(&self) -> &Shared;
+    /// BAR0 read (a dword from the register mirrors; 0 for refused offsets).
+    fn read_bar0(&mut self, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        let _ = crate::ctrl::bar0_read(self.regs(), off, &mut b);
+        u32::from_le_bytes(b)
+    }
     /// Install the DMA snapshot.
     fn set_mem(&mut self, mem: Arc<GuestMem>);
     /// Let the controller make progress.
@@ -30,10 +36,8 @@ impl Target for Controller {
     fn write_bar0(&mut self, off: u64, data: &[u8]) {
         let _ = self.bar0_write(off, data);
     }
-    fn read_bar0(&mut self, off: u64) -> u32 {
-        let mut b = [0u8; 4];
-        let _ = self.bar0_read(off, &mut b);
-        u32::from_le_bytes(b)
+    fn regs(&self) -> &Shared {
+        self.shared()
     }
     fn set_mem(&mut self, mem: Arc<GuestMem>) {
         self.set_memory(Some(mem));
@@ -47,10 +51,8 @@ impl Target for ControllerHandle {
     fn write_bar0(&mut self, off: u64, data: &[u8]) {
         let _ = self.bar0_write(off, data);
     }
-    fn read_bar0(&mut self, off: u64) -> u32 {
-        let mut b = [0u8; 4];
-        let _ = self.bar0_read(off, &mut b);
-        u32::from_le_bytes(b)
+    fn regs(&self) -> &Shared {
+        self.shared()
     }
     fn set_mem(&mut self, mem: Arc<GuestMem>) {
         let _ = self.set_memory(Some(mem));
