@@ -49,15 +49,68 @@ impl MsgDma for vfu_server::DmaHandle {
     }
 }
 
-fn msg_error(what: &'static str, seg: &Seg, e: Errno) -> Status {
+fn msg_error(what: &'static str, iova: u64, len: usize, e: Errno) -> Status {
     debug!(
         what,
-        iova = seg.addr,
-        len = seg.len,
+        iova,
+        len,
         errno = e.raw_os_error(),
         "nvme: DMA message failed"
     );
     Status::DATA_TRANSFER_ERROR
+}
+
+/// How [`copy_segs`] asks for one piece to be copied.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// Volatile copy through the snapshot; `Ok(false)` when the piece is not mapped.
+    Snapshot,
+    /// DMA_READ / DMA_WRITE messages.
+    Messages,
+}
+
+/// Walks `segs` over the first `len` host bytes (stopping at the shorter), asking `copy`
+/// to move each segment through the snapshot first. Segments that are not mapped go by
+/// messages, guest-contiguous ones merged into one request (a PRP list over a contiguous
+/// fd-less buffer costs one round trip per `max_data_xfer_size`, not one per page).
+fn copy_segs(
+    segs: &[Seg],
+    len: usize,
+    mut copy: impl FnMut(Via, u64, std::ops::Range<usize>) -> Result<bool, Status>,
+) -> Result<(), Status> {
+    // Pending message run: guest address and host byte range.
+    let mut run: Option<(u64, std::ops::Range<usize>)> = None;
+    let mut done = 0usize;
+    for s in segs {
+        let left = len.saturating_sub(done);
+        if left == 0 {
+            break;
+        }
+        let n = usize::try_from(s.len)
+            .map_err(|_| Status::DATA_TRANSFER_ERROR)?
+            .min(left);
+        let r = done..done + n;
+        done += n;
+        if copy(Via::Snapshot, s.addr, r.clone())? {
+            continue;
+        }
+        run = match run.take() {
+            Some((a, pr))
+                if pr.end == r.start && a.checked_add(pr.len() as u64) == Some(s.addr) =>
+            {
+                Some((a, pr.start..r.end))
+            }
+            Some((a, pr)) => {
+                copy(Via::Messages, a, pr)?;
+                Some((s.addr, r))
+            }
+            None => Some((s.addr, r)),
+        };
+    }
+    if let Some((a, r)) = run {
+        copy(Via::Messages, a, r)?;
+    }
+    Ok(())
 }
 
 /// Copies guest segments into `out` (stops at the shorter): fd-backed segments by volatile
@@ -68,23 +121,18 @@ pub fn gather(
     segs: &[Seg],
     out: &mut [u8],
 ) -> Result<(), Status> {
-    let mut done = 0usize;
-    for s in segs {
-        let Some(rest) = out.get_mut(done..) else {
-            break;
-        };
-        let n = usize::try_from(s.len)
-            .map_err(|_| Status::DATA_TRANSFER_ERROR)?
-            .min(rest.len());
-        let chunk = rest.get_mut(..n).ok_or(Status::INTERNAL_ERROR)?;
-        if mem.read_slice(chunk, GuestAddress(s.addr)).is_err() {
-            let dma = dma.ok_or(Status::DATA_TRANSFER_ERROR)?;
-            dma.read(s.addr, chunk)
-                .map_err(|e| msg_error("DMA_READ", s, e))?;
+    let len = out.len();
+    copy_segs(segs, len, |via, addr, r| {
+        let n = r.len();
+        let chunk = out.get_mut(r).ok_or(Status::INTERNAL_ERROR)?;
+        if via == Via::Snapshot {
+            return Ok(mem.read_slice(chunk, GuestAddress(addr)).is_ok());
         }
-        done += n;
-    }
-    Ok(())
+        let dma = dma.ok_or(Status::DATA_TRANSFER_ERROR)?;
+        dma.read(addr, chunk)
+            .map_err(|e| msg_error("DMA_READ", addr, n, e))?;
+        Ok(true)
+    })
 }
 
 /// Copies `data` to guest segments (stops at the shorter): fd-backed segments by volatile
@@ -95,21 +143,17 @@ pub fn scatter(
     segs: &[Seg],
     data: &[u8],
 ) -> Result<(), Status> {
-    let mut done = 0usize;
-    for s in segs {
-        let Some(rest) = data.get(done..) else { break };
-        let n = usize::try_from(s.len)
-            .map_err(|_| Status::DATA_TRANSFER_ERROR)?
-            .min(rest.len());
-        let chunk = rest.get(..n).ok_or(Status::INTERNAL_ERROR)?;
-        if mem.write_slice(chunk, GuestAddress(s.addr)).is_err() {
-            let dma = dma.ok_or(Status::DATA_TRANSFER_ERROR)?;
-            dma.write(s.addr, chunk)
-                .map_err(|e| msg_error("DMA_WRITE", s, e))?;
+    copy_segs(segs, data.len(), |via, addr, r| {
+        let n = r.len();
+        let chunk = data.get(r).ok_or(Status::INTERNAL_ERROR)?;
+        if via == Via::Snapshot {
+            return Ok(mem.write_slice(chunk, GuestAddress(addr)).is_ok());
         }
-        done += n;
-    }
-    Ok(())
+        let dma = dma.ok_or(Status::DATA_TRANSFER_ERROR)?;
+        dma.write(addr, chunk)
+            .map_err(|e| msg_error("DMA_WRITE", addr, n, e))?;
+        Ok(true)
+    })
 }
 
 /// A heap staging vector of `len` bytes; allocation failure is an Internal Error.
@@ -313,6 +357,37 @@ pub(crate) mod tests {
             scatter(&m, Some(&d), &segs, b"12345678"),
             Err(Status::DATA_TRANSFER_ERROR)
         );
+    }
+
+    #[test]
+    fn contiguous_unmapped_segments_share_one_message() {
+        use std::sync::atomic::Ordering;
+        let m = mem();
+        let d = FakeMsgDma::new(W, 0x10000, true, true);
+        d.poke(W, &[3u8; 0x3000]);
+        let page = |a: u64| Seg {
+            addr: a,
+            len: 0x1000,
+        };
+        // Three contiguous window pages, a mapped page, then a non-contiguous window page.
+        let segs = [
+            page(W),
+            page(W + 0x1000),
+            page(W + 0x2000),
+            page(0x1000),
+            page(W + 0x8000),
+        ];
+        let mut out = vec![0u8; 0x5000];
+        gather(&m, Some(&d), &segs, &mut out).unwrap();
+        assert_eq!(d.messages.load(Ordering::Relaxed), 2, "one run + one page");
+        assert_eq!(&out[..0x3000], &[3u8; 0x3000][..]);
+        scatter(&m, Some(&d), &segs, &vec![4u8; 0x5000]).unwrap();
+        assert_eq!(d.messages.load(Ordering::Relaxed), 4);
+        assert_eq!(d.peek(W + 0x8000, 0x1000), vec![4u8; 0x1000]);
+        // Host-contiguous but guest-discontiguous pages are not merged.
+        let segs = [page(W + 0x2000), page(W)];
+        gather(&m, Some(&d), &segs, &mut out[..0x2000]).unwrap();
+        assert_eq!(d.messages.load(Ordering::Relaxed), 6);
     }
 
     #[test]
