@@ -62,8 +62,15 @@ pub const METHODS: &[&str] = &[
 /// Config subsystems, in dependency order.
 const SUBSYSTEMS: &[(&str, &[&str])] = &[("bdev", &[]), ("nvmf", &["bdev"])];
 
-/// Called by `spdk_kill_instance` with the signal number to deliver.
+/// Called with the signal number `spdk_kill_instance` asked for, once its response has
+/// been written (see [`Dispatch::responded`]).
 pub type KillHook = Box<dyn Fn(i32) + Send + Sync>;
+
+thread_local! {
+    /// A signal requested by `spdk_kill_instance` on this (connection) thread, delivered
+    /// after the response is written: no fixed delay that a loaded machine can outlast.
+    static PENDING_KILL: std::cell::Cell<Option<i32>> = const { std::cell::Cell::new(None) };
+}
 
 /// The daemon: registries behind a mutex, plus the framework state.
 pub struct Daemon {
@@ -193,7 +200,10 @@ impl Daemon {
                     ));
                 }
                 if self.allowed_now(&method) {
-                    self.call(&method, params.as_ref()).map_err(|e| {
+                    let result = self.call(&method, params.as_ref());
+                    // There is no response to write: a requested signal goes now.
+                    self.responded();
+                    result.map_err(|e| {
                         RpcError::new(e.code, format!("config: {method}: {}", e.message))
                     })?;
                     progressed = true;
@@ -261,6 +271,12 @@ impl Dispatch for Daemon {
         }
         result
     }
+
+    fn responded(&self) {
+        if let Some(sig) = PENDING_KILL.with(std::cell::Cell::take) {
+            (self.kill)(sig);
+        }
+    }
 }
 
 impl Daemon {
@@ -323,7 +339,7 @@ impl Daemon {
                 let sig = signal_number(&p.sig_name).ok_or_else(|| {
                     RpcError::invalid_params(format!("sig_name: unknown signal '{}'", p.sig_name))
                 })?;
-                (self.kill)(sig);
+                PENDING_KILL.with(|p| p.set(Some(sig)));
                 Ok(json!(true))
             }
             _ => self
@@ -381,6 +397,35 @@ mod tests {
             INVALID_STATE
         );
         assert_eq!(d.call("framework_wait_init", None).unwrap(), json!(true));
+    }
+
+    #[test]
+    fn kill_instance_signals_only_after_the_response() {
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let g = std::sync::Arc::clone(&got);
+        let d = Daemon::new(
+            Target::new(Box::new(SocketDataPlane::new(vec![0]))),
+            true,
+            Box::new(move |sig| g.lock().unwrap().push(sig)),
+        );
+        assert_eq!(
+            d.call("spdk_kill_instance", Some(&json!({"sig_name": "SIGINT"})))
+                .unwrap(),
+            json!(true)
+        );
+        assert!(
+            got.lock().unwrap().is_empty(),
+            "signalled before the response"
+        );
+        d.responded();
+        assert_eq!(*got.lock().unwrap(), vec![libc::SIGINT]);
+        // Once only; a bad signal name requests nothing.
+        d.responded();
+        assert!(d
+            .call("spdk_kill_instance", Some(&json!({"sig_name": "SIGFOO"})))
+            .is_err());
+        d.responded();
+        assert_eq!(*got.lock().unwrap(), vec![libc::SIGINT]);
     }
 
     #[test]

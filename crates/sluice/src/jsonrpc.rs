@@ -60,6 +60,12 @@ impl RpcError {
 pub trait Dispatch {
     /// Run `method` with `params` (`None` when absent or null).
     fn call(&self, method: &str, params: Option<&Value>) -> Result<Value, RpcError>;
+
+    /// Called on the thread that ran [`Dispatch::call`] once the response to the request
+    /// (or batch) has been written, or has failed to be written, or there was none (a
+    /// notification): for actions that must follow the answer, such as
+    /// `spdk_kill_instance`'s signal. Default: nothing.
+    fn responded(&self) {}
 }
 
 /// Result of feeding bytes to a [`StreamDecoder`].

@@ -266,14 +266,12 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
     tracing::info!(?cpus, poll_mode = ?args.poll_mode, "starting sluice");
     let rpc = RpcSocket::bind(&args.rpc_socket)?;
 
+    // Called once the spdk_kill_instance response has been written (or by -c directly);
+    // the signal thread below receives it like an external one.
     let kill: crate::daemon::KillHook = Box::new(|sig| {
-        // Deliver after the response has been written.
-        let _ = std::thread::Builder::new().spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            if let Ok(s) = Signal::try_from(sig) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), s);
-            }
-        });
+        if let Ok(s) = Signal::try_from(sig) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), s);
+        }
     });
     if !(1..=1_000_000).contains(&args.poll_max_sleep_us) {
         return Err(ServeError::Usage(

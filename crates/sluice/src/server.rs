@@ -154,9 +154,12 @@ pub fn serve_connection(mut stream: UnixStream, dispatch: &dyn Dispatch) -> io::
         for item in decoder.feed(chunk) {
             match item {
                 Decoded::Value(v) => {
-                    if let Some(resp) = jsonrpc::handle_value(v, dispatch) {
-                        stream.write_all(&jsonrpc::frame(&resp))?;
-                    }
+                    let written = match jsonrpc::handle_value(v, dispatch) {
+                        Some(resp) => stream.write_all(&jsonrpc::frame(&resp)),
+                        None => Ok(()),
+                    };
+                    dispatch.responded();
+                    written?;
                 }
                 Decoded::ParseError => {
                     stream.write_all(&jsonrpc::frame(&jsonrpc::parse_error_response()))?;
