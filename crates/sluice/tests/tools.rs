@@ -374,7 +374,12 @@ fn perf_fails_promptly_when_the_target_dies() {
         line.clear();
         assert!(out.read_line(&mut line).unwrap() > 0, "perf ended early");
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // I/O is flowing (so some is outstanding when the target dies).
+    common::wait_until("I/O from perf", || {
+        let s = d.rpc_json(&["nvmf_get_stats"]);
+        let n = s.pointer("/poll_groups/0/completed_nvme_io")?.as_u64()?;
+        (n >= 100).then_some(())
+    });
     d.kill9();
     let start = Instant::now();
     let status = common::wait_timeout(&mut child, Duration::from_secs(10));
