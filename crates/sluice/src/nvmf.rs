@@ -596,6 +596,16 @@ pub fn validate_nqn(nqn: &str) -> Result<(), RpcError> {
     Ok(())
 }
 
+/// An Identify string field (SN, MN): 1..=`max` printable ASCII characters.
+fn check_ascii_id(field: &str, value: &str, max: usize) -> Result<(), RpcError> {
+    if value.is_empty() || value.len() > max || !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(bad(format!(
+            "{field}: '{value}' must be 1..={max} printable ASCII characters"
+        )));
+    }
+    Ok(())
+}
+
 impl CreateSubsystem {
     /// Validate into a new, empty subsystem.
     pub fn build(self) -> Result<Subsystem, RpcError> {
@@ -607,25 +617,11 @@ impl CreateSubsystem {
         let serial_number = self
             .serial_number
             .unwrap_or_else(|| "00000000000000000000".into());
-        if serial_number.is_empty()
-            || serial_number.len() > 20
-            || !serial_number.bytes().all(|b| (0x20..0x7f).contains(&b))
-        {
-            return Err(bad(format!(
-                "serial_number: '{serial_number}' must be 1..=20 printable ASCII characters"
-            )));
-        }
+        check_ascii_id("serial_number", &serial_number, 20)?;
         let model_number = self
             .model_number
             .unwrap_or_else(|| "SPDK bdev Controller".into());
-        if model_number.is_empty()
-            || model_number.len() > 40
-            || !model_number.bytes().all(|b| (0x20..0x7f).contains(&b))
-        {
-            return Err(bad(format!(
-                "model_number: '{model_number}' must be 1..=40 printable ASCII characters"
-            )));
-        }
+        check_ascii_id("model_number", &model_number, 40)?;
         let admin_label = self.admin_label.unwrap_or_default();
         if admin_label.len() > 255 {
             return Err(bad("admin_label: longer than 255 bytes"));

@@ -315,6 +315,8 @@ pub fn wait_for_socket(sock: &Path, child: &mut Child) {
 pub fn wait_ready(sock: &Path, child: &mut Child) {
     wait_for_socket(sock, child);
     let mut raw = Raw::connect(sock);
+    // Applying a -c configuration can take seconds on a loaded machine.
+    raw.stream.set_read_timeout(Some(SETTLE)).unwrap();
     raw.send(&serde_json::json!({"jsonrpc": "2.0", "method": "spdk_get_version", "id": 1}));
     let reply = raw.recv();
     assert!(
