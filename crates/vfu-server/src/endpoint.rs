@@ -31,9 +31,15 @@ pub struct ServerOptions {
     pub pgsizes: u64,
     /// Offer a twin socket to clients that support one.
     pub twin_socket: bool,
-    /// How long a partial message, a reply to a server-to-client request or a blocked send
-    /// may take before the session is dropped (default [`crate::session::IO_TIMEOUT`]).
+    /// How long a partial message or a blocked send may take before the session is
+    /// dropped (default [`crate::session::IO_TIMEOUT`]; zero: no limit).
     pub io_timeout: std::time::Duration,
+    /// How long a server-to-client DMA_READ/DMA_WRITE waits for its reply before the
+    /// device's [`crate::DmaHandle`] call fails with `ETIMEDOUT` (default
+    /// [`crate::session::DMA_TIMEOUT`], below QEMU's 5 s reply timeout; zero: no limit).
+    /// The connection stays up; the late reply is dropped when it comes, and until then
+    /// further DMA requests fail at once with `ETIMEDOUT`.
+    pub dma_timeout: std::time::Duration,
     /// Refuse (EPERM) a DMA_MAP whose fd cannot be sealed against shrinking
     /// (`F_SEAL_SHRINK`). Off by default: QEMU's `memory-backend-file` on /dev/shm or
     /// hugetlbfs and memfds created without `MFD_ALLOW_SEALING` cannot be sealed, and are
@@ -52,6 +58,7 @@ impl Default for ServerOptions {
             pgsizes: vfu_proto::DEFAULT_PGSIZES,
             twin_socket: true,
             io_timeout: crate::session::IO_TIMEOUT,
+            dma_timeout: crate::session::DMA_TIMEOUT,
             require_sealed_dma: false,
         }
     }

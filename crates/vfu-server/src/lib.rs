@@ -49,10 +49,35 @@
 //!   itself; MASK/UNMASK with NONE/BOOL updates [`Irqs::is_masked`]; the device is told after.
 //! - Server-to-client DMA: chunked by the client's `max_data_xfer_size`; replies in the spec
 //!   layout, QEMU's 12-byte DMA_READ prefix and QEMU's header-only DMA_WRITE reply are
-//!   accepted. Without a twin socket, commands that arrive while a DMA reply is awaited are
-//!   queued and served afterwards, in order.
-//! - A partial message, a DMA reply or a blocked send that takes longer than
+//!   accepted. Request ids are `0x8000..=0xffff`. Without a twin socket the requesting
+//!   thread reads the main socket itself until its reply comes; commands that arrive
+//!   meanwhile are queued and served by the endpoint thread, in order, and the endpoint
+//!   thread never waits for the read side (shutdown stays prompt).
+//! - A DMA reply that does not come within [`ServerOptions::dma_timeout`] (2 s) fails the
+//!   device's [`DmaHandle`] call with `ETIMEDOUT` (NVMe: Data Transfer Error); the
+//!   connection stays up. The timed-out `(id, command)` is remembered: its late reply is
+//!   consumed and dropped (debug log), never answered, and no new request reuses the id.
+//!   Until it comes, further DMA requests fail at once with `ETIMEDOUT`, so a client that
+//!   cannot answer costs one timeout, not one per request. A reply matching nothing
+//!   outstanding or abandoned is still unsolicited (EINVAL).
+//! - A partial message or a blocked send that takes longer than
 //!   [`ServerOptions::io_timeout`] ends the session.
+//!
+//! # DMA requests and QEMU
+//!
+//! QEMU (`hw/vfio-user/proxy.c`) reads its socket on an iothread: replies wake the waiting
+//! thread, but requests (our DMA_READ/DMA_WRITE) are queued for a main-loop bottom half
+//! (`vfio_user_request`), which needs the BQL. `vfio_user_send_wait` waits for a reply
+//! with `qemu_cond_timedwait` on the proxy lock only, the BQL stays held (a vCPU's trapped
+//! BAR access, or a DMA_UNMAP from the memory listener). So while a BQL holder waits for
+//! our reply to, say, a CC write whose handler waits for a poll thread that waits for a
+//! DMA reply, QEMU cannot answer that DMA request: a real cycle, broken only by a timeout
+//! (QEMU's `x-msg-timeout`, 5 s by default). The DMA timeout is therefore shorter (2 s):
+//! the DMA request fails, the poll thread finishes its work (later requests fail at once),
+//! the endpoint answers the CC write in time, QEMU's main loop runs again and answers the
+//! DMA request late, and that reply is dropped. The cost is a Data Transfer Error on the
+//! bounced command, instead of QEMU failing its register access and the server ending the
+//! session. A twin socket does not help against QEMU (it never offers one).
 
 mod conn;
 pub mod device;

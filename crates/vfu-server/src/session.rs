@@ -10,14 +10,19 @@ use rustix::event::{poll, PollFd, PollFlags};
 use rustix::io::Errno;
 use vfu_proto::*;
 
-use crate::conn::{Conn, ConnDma, ReadOutcome};
+use crate::conn::{Conn, ConnDma, ReadOutcome, TryRead};
 use crate::device::*;
 use crate::dma::{DmaHandle, DmaTable, MapOutcome};
 use crate::endpoint::ServerOptions;
 use crate::irqs::Irqs;
 
-/// Default timeout for a message body, a reply to a server-to-client request, or a blocked send.
+/// Default timeout for a message body or a blocked send.
 pub const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Default wait for the reply to a server-to-client DMA_READ/DMA_WRITE: below QEMU's 5 s
+/// reply timeout (`x-msg-timeout`), so a command that waits on a stalled DMA request is
+/// still answered before QEMU gives up on it.
+pub const DMA_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +77,7 @@ pub fn serve_connection<D: Device + ?Sized>(
     let tmo = Some(opts.io_timeout).filter(|d| !d.is_zero());
     stream.set_read_timeout(tmo)?;
     stream.set_write_timeout(tmo)?;
-    let conn = Arc::new(Conn::new(Socket::new(stream), max_msg)?);
+    let conn = Arc::new(Conn::new(Socket::new(stream), max_msg, opts.dma_timeout)?);
     let info = device.device_info();
     let counts: Vec<u32> = (0..info.num_irqs.min(NUM_IRQ_INDICES))
         .map(|i| device.irq_info(i).map_or(0, |q| q.count))
@@ -145,8 +150,17 @@ impl<D: Device + ?Sized> Session<'_, D> {
                 continue;
             }
             let outcome = match conn.try_read(&mut fds, &mut body) {
-                Ok(Some(o)) => o,
-                Ok(None) => continue,
+                Ok(TryRead::Got(o)) => o,
+                Ok(TryRead::Idle) => continue,
+                Ok(TryRead::Busy) => {
+                    // A DMA requester reads the socket until its reply comes (or its
+                    // deadline passes); wait for it to let go, or for shutdown.
+                    if wait_wake(conn.wake_fd(), shutdown)? {
+                        return Ok(SessionEnd::Shutdown);
+                    }
+                    conn.clear_wake();
+                    continue;
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "vfio-user: connection read failed");
                     return Ok(SessionEnd::Disconnected);
@@ -160,7 +174,8 @@ impl<D: Device + ?Sized> Session<'_, D> {
     }
 
     fn teardown(&mut self) {
-        self.conn.sock.shutdown();
+        // Also ends a DMA requester's wait on either socket at once.
+        self.conn.close();
         self.handle.set_channel(None);
         let _ = self.dma.unmap_all();
         self.irqs.clear_all();
@@ -191,6 +206,14 @@ impl<D: Device + ?Sized> Session<'_, D> {
     fn process(&mut self, outcome: ReadOutcome, fds: &mut Vec<OwnedFd>, body: &[u8]) -> Flow {
         match outcome {
             ReadOutcome::Eof => Flow::Close,
+            ReadOutcome::Msg(hdr) | ReadOutcome::Bad { hdr, fatal: false }
+                if self.conn.take_late_reply(&hdr) =>
+            {
+                // The reply to a DMA request that timed out: consumed, never answered.
+                tracing::debug!(id = hdr.msg_id, "vfio-user: late DMA reply dropped");
+                fds.clear();
+                Flow::Continue
+            }
             ReadOutcome::Bad { hdr, fatal } => {
                 tracing::debug!(
                     size = hdr.msg_size,
@@ -296,12 +319,9 @@ impl<D: Device + ?Sized> Session<'_, D> {
         let mut twin_pair = None;
         if want_twin {
             let (ours_end, theirs) = UnixStream::pair().map_err(|_| Errno::NOMEM)?;
-            ours_end
-                .set_read_timeout(Some(IO_TIMEOUT))
-                .map_err(|_| Errno::NOMEM)?;
-            ours_end
-                .set_write_timeout(Some(IO_TIMEOUT))
-                .map_err(|_| Errno::NOMEM)?;
+            let tmo = Some(self.opts.io_timeout).filter(|d| !d.is_zero());
+            ours_end.set_read_timeout(tmo).map_err(|_| Errno::NOMEM)?;
+            ours_end.set_write_timeout(tmo).map_err(|_| Errno::NOMEM)?;
             ours.twin_socket = Some(TwinSocket {
                 supported: true,
                 fd_index: Some(0),
@@ -797,6 +817,19 @@ impl<D: Device + ?Sized> Session<'_, D> {
         self.send_reply(hdr, &[], &[]);
         Ok(Flow::Continue)
     }
+}
+
+/// Waits until the wake fd or the shutdown fd is readable; true on shutdown.
+fn wait_wake(wake: BorrowedFd<'_>, shutdown: Option<BorrowedFd<'_>>) -> io::Result<bool> {
+    let mut pfds = [
+        PollFd::from_borrowed_fd(wake, PollFlags::IN),
+        PollFd::from_borrowed_fd(shutdown.unwrap_or(wake), PollFlags::IN),
+    ];
+    match poll(&mut pfds, None) {
+        Ok(_) | Err(Errno::INTR) => {}
+        Err(e) => return Err(io::Error::from_raw_os_error(e.raw_os_error())),
+    }
+    Ok(shutdown.is_some() && pfds.get(1).is_some_and(|p| !p.revents().is_empty()))
 }
 
 fn libc_einval() -> u32 {

@@ -14,47 +14,6 @@ use common::*;
 use vfu_server::proto::*;
 use vfu_server::Errno;
 
-fn negotiated_xfer(path: &std::path::Path, xfer: u32) -> Raw {
-    let mut r = Raw::connect(path);
-    let j = format!("{{\"capabilities\":{{\"max_data_xfer_size\":{xfer}}}}}\0");
-    let rep = r.version(j.as_bytes());
-    assert!(!rep.hdr.is_error());
-    r
-}
-
-fn write_reg(r: &mut Raw, off: u64, v: u64) -> u16 {
-    let mut p = RegionAccess {
-        offset: off,
-        region: 1,
-        count: 8,
-    }
-    .bytes()
-    .to_vec();
-    p.extend_from_slice(&v.to_le_bytes());
-    r.send(Command::RegionWrite as u16, &p, &[], 0)
-}
-
-fn sync_reg(r: &mut Raw, off: u64, v: u64) {
-    let id = write_reg(r, off, v);
-    let rep = r.recv().unwrap();
-    assert_eq!(rep.hdr.msg_id, id);
-    assert!(!rep.hdr.is_error());
-}
-
-fn map_fdless(r: &mut Raw, addr: u64, size: u64) {
-    let m = DmaMap {
-        argsz: 32,
-        flags: DMA_FLAG_READ | DMA_FLAG_WRITE,
-        offset: 0,
-        addr,
-        size,
-    };
-    assert!(!r
-        .call(Command::DmaMap as u16, m.bytes(), &[])
-        .hdr
-        .is_error());
-}
-
 #[test]
 fn qemu_reply_layouts_and_chunking() {
     let srv = Running::start();
@@ -159,20 +118,4 @@ fn command_interleaved_before_dma_reply_is_served_after() {
         srv.log.lock().unwrap().dma_result.clone().unwrap(),
         Ok(vec![7; 16])
     );
-}
-
-trait WriteMsg {
-    fn write_all_hdr(&self, h: &Header);
-    fn write_all_msg(&self, h: &Header, p: &[u8]);
-}
-
-impl WriteMsg for std::os::unix::net::UnixStream {
-    fn write_all_hdr(&self, h: &Header) {
-        self.write_all_msg(h, &[]);
-    }
-    fn write_all_msg(&self, h: &Header, p: &[u8]) {
-        Socket::new(self.try_clone().unwrap())
-            .send(h, &[p], &[])
-            .unwrap();
-    }
 }

@@ -38,10 +38,13 @@ pub struct Log {
     pub features: Vec<(u16, FeatureOp)>,
     pub mig_in: Vec<u8>,
     pub bg_done: Option<Vec<Result<Vec<u8>, Errno>>>,
+    /// Result and duration of one DMA read made on a background thread (register 0xe8).
+    pub bg_read: Option<(Result<Vec<u8>, Errno>, Duration)>,
 }
 
 /// BAR0: 16 KiB memfd, sparse area [0x1000, 0x2000); BAR1: 256-byte callback registers
-/// (writes at 0x10/0x18/0x20 drive DMA, 0x30 fires an MSI-X vector); config: 4 KiB.
+/// (writes at 0x10/0x18/0x20 drive DMA, 0x30 fires an MSI-X vector, 0xe8 makes one DMA read
+/// of 0x18 bytes at 0x10 on a background "poll thread", 0xf0 fifty of them); config: 4 KiB.
 pub struct SampleDevice {
     pub bar0_fd: Arc<OwnedFd>,
     pub bar1: [u8; BAR1_SIZE as usize],
@@ -173,6 +176,18 @@ impl Device for SampleDevice {
                             .trigger(IRQ_INDEX_MSIX, v)?;
                     }
                     0x38 => return Err(Errno::IO),
+                    0xe8 => {
+                        let dma = self.ctx.as_ref().ok_or(Errno::NOTCONN)?.dma.clone();
+                        let (addr, len) = (reg(&self.bar1, 0x10), reg(&self.bar1, 0x18));
+                        let log = self.log.clone();
+                        log.lock().unwrap().bg_read = None;
+                        std::thread::spawn(move || {
+                            let t = std::time::Instant::now();
+                            let mut b = vec![0u8; len as usize];
+                            let res = dma.read(addr, &mut b).map(|_| b);
+                            log.lock().unwrap().bg_read = Some((res, t.elapsed()));
+                        });
+                    }
                     0xf0 => {
                         // a "poll thread": DMA reads from another thread while the session runs
                         let dma = self.ctx.as_ref().ok_or(Errno::NOTCONN)?.dma.clone();
@@ -294,6 +309,25 @@ impl Drop for Running {
         self.stop.shutdown();
         if let Some(j) = self.join.take() {
             let _ = j.join();
+        }
+    }
+}
+
+impl Log {
+    /// Waits (up to `limit`) for the background DMA read of register 0xe8 to finish.
+    pub fn wait_bg_read(
+        log: &Mutex<Log>,
+        limit: Duration,
+    ) -> Option<(Result<Vec<u8>, Errno>, Duration)> {
+        let t = std::time::Instant::now();
+        loop {
+            if let Some(r) = log.lock().unwrap().bg_read.take() {
+                return Some(r);
+            }
+            if t.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 }
@@ -436,4 +470,65 @@ pub fn eventfd_count(fd: &OwnedFd) -> u64 {
 
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+// Helpers for the server-to-client DMA tests (BAR1 registers of the sample device).
+
+/// Connects and negotiates the client's `max_data_xfer_size`.
+pub fn negotiated_xfer(path: &std::path::Path, xfer: u32) -> Raw {
+    let mut r = Raw::connect(path);
+    let j = format!("{{\"capabilities\":{{\"max_data_xfer_size\":{xfer}}}}}\0");
+    let rep = r.version(j.as_bytes());
+    assert!(!rep.hdr.is_error());
+    r
+}
+
+pub fn write_reg(r: &mut Raw, off: u64, v: u64) -> u16 {
+    let mut p = RegionAccess {
+        offset: off,
+        region: 1,
+        count: 8,
+    }
+    .bytes()
+    .to_vec();
+    p.extend_from_slice(&v.to_le_bytes());
+    r.send(Command::RegionWrite as u16, &p, &[], 0)
+}
+
+pub fn sync_reg(r: &mut Raw, off: u64, v: u64) {
+    let id = write_reg(r, off, v);
+    let rep = r.recv().unwrap();
+    assert_eq!(rep.hdr.msg_id, id);
+    assert!(!rep.hdr.is_error());
+}
+
+pub fn map_fdless(r: &mut Raw, addr: u64, size: u64) {
+    let m = DmaMap {
+        argsz: 32,
+        flags: DMA_FLAG_READ | DMA_FLAG_WRITE,
+        offset: 0,
+        addr,
+        size,
+    };
+    assert!(!r
+        .call(Command::DmaMap as u16, m.bytes(), &[])
+        .hdr
+        .is_error());
+}
+
+/// Writes whole messages on the raw stream.
+pub trait WriteMsg {
+    fn write_all_hdr(&self, h: &Header);
+    fn write_all_msg(&self, h: &Header, p: &[u8]);
+}
+
+impl WriteMsg for std::os::unix::net::UnixStream {
+    fn write_all_hdr(&self, h: &Header) {
+        self.write_all_msg(h, &[]);
+    }
+    fn write_all_msg(&self, h: &Header, p: &[u8]) {
+        Socket::new(self.try_clone().unwrap())
+            .send(h, &[p], &[])
+            .unwrap();
+    }
 }
