@@ -300,6 +300,16 @@ impl Conn {
         r
     }
 
+    /// The stream of a DMA requester can no longer be trusted: the twin socket is shut
+    /// down (later requests fail with ENOTCONN), the main socket ends the session.
+    fn fail(&self, sock: &Socket, twin: bool) {
+        if twin {
+            sock.shutdown();
+        } else {
+            self.mark_broken();
+        }
+    }
+
     /// One request/reply exchange on `sock` (the main socket with the read side held, or
     /// the twin socket with its lock held).
     fn exchange(
@@ -329,11 +339,7 @@ impl Conn {
         if let Err(e) = sent {
             // A partly sent request would desynchronize the stream.
             tracing::debug!(error = %e, "vfio-user: DMA request send failed");
-            if twin {
-                sock.shutdown();
-            } else {
-                self.mark_broken();
-            }
+            self.fail(sock, twin);
             return Err(io_errno(&e));
         }
         let deadline = self.dma_timeout.and_then(|d| Instant::now().checked_add(d));
@@ -378,23 +384,27 @@ impl Conn {
             let mut body = Vec::new();
             let outcome = match read_message(sock, self.max_msg, &mut fds, &mut body) {
                 Ok(ReadOutcome::Eof) | Err(_) => {
-                    if twin {
-                        sock.shutdown();
-                    } else {
-                        self.mark_broken();
-                    }
+                    self.fail(sock, twin);
                     return Err(Errno::NOTCONN);
                 }
                 Ok(o) => o,
             };
+            let wanted = |h: &Header| {
+                want.is_some_and(|(id, c)| h.is_reply() && h.msg_id == id && h.command == c)
+            };
             match &outcome {
-                ReadOutcome::Msg(h)
-                    if want.is_some_and(|(id, cmd)| {
-                        h.is_reply() && h.msg_id == id && h.command == cmd
-                    }) =>
-                {
+                ReadOutcome::Msg(h) if wanted(h) => {
                     *reply = body;
                     return Ok(Some(*h));
+                }
+                ReadOutcome::Bad { hdr: h, fatal } if wanted(h) => {
+                    // Our reply, but larger than any reply can be (drained unless fatal).
+                    tracing::debug!(size = h.msg_size, "vfio-user: oversized DMA reply");
+                    if *fatal {
+                        self.fail(sock, twin);
+                        return Err(Errno::NOTCONN);
+                    }
+                    return Err(Errno::IO);
                 }
                 ReadOutcome::Msg(h)
                 | ReadOutcome::Bad {
@@ -409,7 +419,7 @@ impl Conn {
             let fatal = matches!(outcome, ReadOutcome::Bad { fatal: true, .. });
             if twin {
                 if fatal {
-                    sock.shutdown();
+                    self.fail(sock, twin);
                     return Err(Errno::NOTCONN);
                 }
                 tracing::debug!("vfio-user: unexpected message on twin socket dropped");

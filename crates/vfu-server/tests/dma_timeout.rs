@@ -238,3 +238,22 @@ fn shutdown_while_dma_request_pending_main_socket() {
 fn shutdown_while_dma_request_pending_twin_socket() {
     shutdown_with_request_pending_is_prompt(true);
 }
+
+#[test]
+fn oversized_reply_to_a_dma_read_fails_it_with_eio_and_is_drained() {
+    let srv = start(Duration::from_secs(60));
+    let mut p = Peer::connect(&srv, false);
+    let m = p.start_read();
+    // a reply far beyond max_data_xfer_size (+ header room): drained, EIO, no wait
+    let huge = vec![0u8; 2 << 20];
+    p.main
+        .s
+        .write_all_msg(&Header::reply(&m.hdr, huge.len()), &huge);
+    let (res, _) = Log::wait_bg_read(&srv.log, SLACK).expect("DMA read hung");
+    assert_eq!(res, Err(Errno::IO));
+    p.main.assert_usable();
+    let m2 = p.start_read();
+    p.answer_read(&m2, 3);
+    let (res, _) = Log::wait_bg_read(&srv.log, SLACK).expect("DMA read hung");
+    assert_eq!(res, Ok(vec![3; 16]));
+}
