@@ -124,7 +124,10 @@
 //!   needs a client that answers server requests while it waits for its own replies
 //!   (`vfu-client` does). A client that serves them only on a thread blocked behind its own
 //!   pending request (QEMU runs them in a main-loop bottom half, under the BQL) stalls
-//!   until a timeout: the server's `io_timeout` (10 s) then ends the session.
+//!   until a timeout: after the server's `dma_timeout` (2 s, below QEMU's 5 s reply wait)
+//!   the command completes with Data Transfer Error and the session survives; the late
+//!   reply is dropped, and further DMA requests on that connection fail at once (Data
+//!   Transfer Error) until it arrives.
 
 pub mod admin;
 pub mod bounce;
