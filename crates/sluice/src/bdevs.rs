@@ -572,45 +572,54 @@ fn file_geometry(filename: &str, bs: Option<u32>, readonly: bool) -> Result<(u32
     Ok((block_size, num_blocks))
 }
 
+/// A file-backed bdev (`kind` aio or uring): geometry from the file, or `block_size` if
+/// given and not 0.
+fn file_bdev(
+    name: String,
+    uuid: Option<String>,
+    block_size: Option<u32>,
+    readonly: bool,
+    kind: BdevKind,
+) -> Result<Bdev, RpcError> {
+    let (BdevKind::Aio { filename, .. } | BdevKind::Uring { filename, .. }) = &kind else {
+        return Err(RpcError::internal("not a file bdev"));
+    };
+    let (block_size, num_blocks) = file_geometry(filename, block_size, readonly)?;
+    Ok(Bdev {
+        uuid: parse_uuid("uuid", uuid.as_deref())?,
+        name,
+        block_size,
+        physical_block_size: block_size,
+        num_blocks,
+        kind,
+        qos: QosLimits::default(),
+    })
+}
+
 impl AioCreate {
     /// Validate and build.
     pub fn build(self) -> Result<Bdev, RpcError> {
         let readonly = self.readonly.unwrap_or(false);
-        let (block_size, num_blocks) = file_geometry(&self.filename, self.block_size, readonly)?;
         let _ = self.nowait;
-        Ok(Bdev {
-            uuid: parse_uuid("uuid", self.uuid.as_deref())?,
-            name: self.name,
-            block_size,
-            physical_block_size: block_size,
-            num_blocks,
-            kind: BdevKind::Aio {
-                filename: self.filename,
-                block_size_param: self.block_size.filter(|b| *b != 0),
-                readonly,
-                fallocate: self.fallocate.unwrap_or(false),
-            },
-            qos: QosLimits::default(),
-        })
+        let kind = BdevKind::Aio {
+            filename: self.filename,
+            // 0 means "from the file": saved as absent.
+            block_size_param: self.block_size.filter(|b| *b != 0),
+            readonly,
+            fallocate: self.fallocate.unwrap_or(false),
+        };
+        file_bdev(self.name, self.uuid, self.block_size, readonly, kind)
     }
 }
 
 impl UringCreate {
     /// Validate and build.
     pub fn build(self) -> Result<Bdev, RpcError> {
-        let (block_size, num_blocks) = file_geometry(&self.filename, self.block_size, false)?;
-        Ok(Bdev {
-            uuid: parse_uuid("uuid", self.uuid.as_deref())?,
-            name: self.name,
-            block_size,
-            physical_block_size: block_size,
-            num_blocks,
-            kind: BdevKind::Uring {
-                filename: self.filename,
-                block_size_param: self.block_size.filter(|b| *b != 0),
-            },
-            qos: QosLimits::default(),
-        })
+        let kind = BdevKind::Uring {
+            filename: self.filename,
+            block_size_param: self.block_size.filter(|b| *b != 0),
+        };
+        file_bdev(self.name, self.uuid, self.block_size, false, kind)
     }
 }
 

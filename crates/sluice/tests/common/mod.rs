@@ -100,13 +100,9 @@ impl Daemon {
         Self::start_in(dir, extra)
     }
 
+    /// Start in `dir` (RPC socket `dir/rpc.sock`); returns once the daemon answers RPCs.
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Daemon {
-        let sock = dir.path().join("rpc.sock");
-        let mut d = Daemon {
-            child: None,
-            dir,
-            sock,
-        };
+        let mut d = Self::unstarted(dir);
         d.spawn(extra);
         d
     }
@@ -114,14 +110,17 @@ impl Daemon {
     /// Start and return as soon as the RPC socket accepts connections, possibly before a
     /// `-c` configuration has been applied.
     pub fn start_listening(dir: tempfile::TempDir, extra: &[&str]) -> Daemon {
-        let sock = dir.path().join("rpc.sock");
-        let mut d = Daemon {
-            child: None,
-            dir,
-            sock,
-        };
+        let mut d = Self::unstarted(dir);
         d.spawn_inner(extra, false);
         d
+    }
+
+    fn unstarted(dir: tempfile::TempDir) -> Daemon {
+        Daemon {
+            child: None,
+            sock: dir.path().join("rpc.sock"),
+            dir,
+        }
     }
 
     /// (Re)spawn with the same socket; returns once the daemon answers RPCs.
