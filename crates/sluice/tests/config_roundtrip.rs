@@ -158,6 +158,42 @@ fn bad_config_file_fails_start_and_cleans_up() {
     assert!(!dir.path().join("rpc.sock.lock").exists(), "RPC lock left");
 }
 
+/// A quickstart that cannot be built (directory not creatable, size 0): exit 1 with the
+/// reason, RPC socket and lock removed.
+#[test]
+fn failing_quickstart_exits_1_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("rpc.sock");
+    let sock_s = sock.display().to_string();
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    // A directory below a regular file cannot be created.
+    let under_file = file.join("sub").display().to_string();
+    let ok_dir = dir.path().join("qs").display().to_string();
+    for (args, word) in [
+        (
+            vec!["--quickstart-dir", &under_file],
+            "quickstart: cannot create",
+        ),
+        (
+            vec!["--quickstart-dir", &ok_dir, "--quickstart-size-mib", "0"],
+            "--quickstart-size-mib",
+        ),
+    ] {
+        let mut all = vec!["serve", "-r", &sock_s];
+        all.extend(&args);
+        let out = common::run_bounded(&all, std::time::Duration::from_secs(30));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(word), "{args:?}: {err}");
+        assert!(!sock.exists(), "{args:?}: RPC socket left behind");
+        assert!(
+            !dir.path().join("rpc.sock.lock").exists(),
+            "{args:?}: lock left"
+        );
+    }
+}
+
 /// A `-c` file of `rounds` malloc bdev create/delete pairs (long enough that a client can
 /// connect while it is applied), then a null bdev `name` with `block_size`.
 fn long_config(
