@@ -320,6 +320,8 @@ fn spec(method: &str) -> Option<Spec> {
                 l("disable-command-passthru", True),
                 l("kas", Int),
                 l("min-kato", Int),
+                l("require-sealed-dma", True),
+                l("dma-timeout-ms", Int),
             ]],
         ),
         "nvmf_get_transports" => s(&[], &[&[f('t', "trtype", Str), f('g', "tgt-name", Str)]]),
@@ -818,8 +820,40 @@ mod tests {
             p,
             json!({"trtype":"VFIOUSER","zcopy":false,"c2h_success":true,"dif_insert_or_strip":false,
                    "no_wr_batching":false,"disable_mappable_bar0":false,"disable_adaptive_irq":false,
-                   "disable_shadow_doorbells":false,"no_srq":false,"disable_command_passthru":false})
+                   "disable_shadow_doorbells":false,"no_srq":false,"disable_command_passthru":false,
+                   "require_sealed_dma":false})
         );
+        let p = build_params(
+            "nvmf_create_transport",
+            &a(&[
+                "-t",
+                "VFIOUSER",
+                "--require-sealed-dma",
+                "--dma-timeout-ms",
+                "500",
+            ]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(p["require_sealed_dma"], true);
+        assert_eq!(p["dma_timeout_ms"], 500);
+        let p = build_params(
+            "nvmf_create_transport",
+            &a(&["-t", "VFIOUSER", "--dma-timeout-ms=0"]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(p["dma_timeout_ms"], 0);
+        assert!(build_params(
+            "nvmf_create_transport",
+            &a(&["-t", "VFIOUSER", "--dma-timeout-ms", "soon"])
+        )
+        .is_err());
+        assert!(build_params(
+            "nvmf_create_transport",
+            &a(&["-t", "VFIOUSER", "--dma-timeout-ms"])
+        )
+        .is_err());
         assert!(build_params("nvmf_create_transport", &[]).is_err());
     }
 

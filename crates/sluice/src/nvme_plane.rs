@@ -175,6 +175,16 @@ fn controller_config(req: &ListenRequest<'_>, cntlid: u16) -> ControllerConfig {
     }
 }
 
+/// The vfio-user server options of a listener: the server's defaults plus the transport's
+/// DMA safety options.
+fn server_options(t: &crate::nvmf::TransportOpts) -> ServerOptions {
+    ServerOptions {
+        require_sealed_dma: t.require_sealed_dma,
+        dma_timeout: std::time::Duration::from_millis(u64::from(t.dma_timeout_ms)),
+        ..ServerOptions::default()
+    }
+}
+
 impl DataPlane for NvmePlane {
     fn create_bdev(&mut self, b: &Bdev) -> Result<(u32, u64), String> {
         let uuid = Some(b.uuid.hyphenated().to_string());
@@ -267,10 +277,11 @@ impl DataPlane for NvmePlane {
     fn listen(&mut self, req: &ListenRequest<'_>) -> Result<Box<dyn Endpoint>, DataPlaneError> {
         let other = |m: String| DataPlaneError::Other(m);
         // Bind first: a bad or busy path fails before anything else is built.
-        let server = Server::bind(req.socket, ServerOptions::default()).map_err(|e| match e {
-            vfu_server::ServerError::InUse(p) => DataPlaneError::SocketInUse(p),
-            e => other(e.to_string()),
-        })?;
+        let server =
+            Server::bind(req.socket, server_options(req.transport)).map_err(|e| match e {
+                vfu_server::ServerError::InUse(p) => DataPlaneError::SocketInUse(p),
+                e => other(e.to_string()),
+            })?;
         let nqn = &req.subsystem.nqn;
         let counter = self
             .next_cntlid
@@ -533,5 +544,45 @@ impl Drop for NvmeEndpoint {
                 Err(_) => tracing::debug!("controller still referenced; left on poller"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nvmf::{TransportOpts, DEFAULT_DMA_TIMEOUT_MS};
+    use std::time::Duration;
+
+    #[test]
+    fn default_transport_keeps_the_server_defaults() {
+        let o = server_options(&TransportOpts::default());
+        let d = ServerOptions::default();
+        assert_eq!(o.dma_timeout, d.dma_timeout);
+        assert_eq!(o.dma_timeout, vfu_server::session::DMA_TIMEOUT);
+        assert_eq!(
+            Duration::from_millis(u64::from(DEFAULT_DMA_TIMEOUT_MS)),
+            vfu_server::session::DMA_TIMEOUT
+        );
+        assert_eq!(o.require_sealed_dma, d.require_sealed_dma);
+        assert_eq!(o.io_timeout, d.io_timeout);
+        assert_eq!(o.mode, d.mode);
+    }
+
+    #[test]
+    fn transport_dma_options_reach_the_server() {
+        let t = TransportOpts {
+            require_sealed_dma: true,
+            dma_timeout_ms: 750,
+            ..TransportOpts::default()
+        };
+        let o = server_options(&t);
+        assert!(o.require_sealed_dma);
+        assert_eq!(o.dma_timeout, Duration::from_millis(750));
+        let unlimited = server_options(&TransportOpts {
+            dma_timeout_ms: 0,
+            ..TransportOpts::default()
+        });
+        assert!(unlimited.dma_timeout.is_zero(), "0 means no limit");
+        assert!(!unlimited.require_sealed_dma);
     }
 }

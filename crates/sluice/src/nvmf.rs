@@ -31,6 +31,12 @@ pub fn check_tgt(tgt_name: Option<&str>) -> Result<(), RpcError> {
     }
 }
 
+/// Default `dma_timeout_ms`: the server's default (`vfu_server::session::DMA_TIMEOUT`).
+pub const DEFAULT_DMA_TIMEOUT_MS: u32 = 2_000;
+/// Largest `dma_timeout_ms`: a poll thread waiting for a DMA reply stalls every controller
+/// it owns, so a minute is already far past any useful value.
+pub const MAX_DMA_TIMEOUT_MS: u32 = 60_000;
+
 /// VFIOUSER transport options. Every field is written back by `save_config` (lossless).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default)]
@@ -83,6 +89,12 @@ pub struct TransportOpts {
     pub disable_shadow_doorbells: bool,
     /// Spread SQs in interrupt mode.
     pub enable_intr_mode_sq_spreading: bool,
+    /// Sluice: refuse (EPERM) a DMA_MAP whose file cannot be sealed against shrinking
+    /// (`vfu_server::ServerOptions::require_sealed_dma`).
+    pub require_sealed_dma: bool,
+    /// Sluice: how long (ms) a DMA_READ/DMA_WRITE request to the client waits for its reply
+    /// before the command fails (`vfu_server::ServerOptions::dma_timeout`); 0: no limit.
+    pub dma_timeout_ms: u32,
     /// Must be the default target if given.
     #[serde(skip_serializing)]
     pub tgt_name: Option<String>,
@@ -118,6 +130,8 @@ impl Default for TransportOpts {
             disable_adaptive_irq: false,
             disable_shadow_doorbells: false,
             enable_intr_mode_sq_spreading: false,
+            require_sealed_dma: false,
+            dma_timeout_ms: DEFAULT_DMA_TIMEOUT_MS,
             tgt_name: None,
             ignored: Map::new(),
         }
@@ -162,6 +176,12 @@ impl TransportOpts {
                 self.max_io_size
             )));
         }
+        if self.dma_timeout_ms > MAX_DMA_TIMEOUT_MS {
+            return Err(bad(format!(
+                "dma_timeout_ms: {} out of range 0..={MAX_DMA_TIMEOUT_MS} (0: no limit)",
+                self.dma_timeout_ms
+            )));
+        }
         if !self.ignored.is_empty() {
             let keys: Vec<&String> = self.ignored.keys().collect();
             tracing::debug!(
@@ -195,7 +215,9 @@ impl TransportOpts {
             "disable_mappable_bar0": self.disable_mappable_bar0,
             "disable_adaptive_irq": self.disable_adaptive_irq,
             "disable_shadow_doorbells": self.disable_shadow_doorbells,
-            "enable_intr_mode_sq_spreading": self.enable_intr_mode_sq_spreading
+            "enable_intr_mode_sq_spreading": self.enable_intr_mode_sq_spreading,
+            "require_sealed_dma": self.require_sealed_dma,
+            "dma_timeout_ms": self.dma_timeout_ms
         })
     }
 }
@@ -798,6 +820,45 @@ mod tests {
         ))
         .is_err());
         assert!(decode_transport(Some(&json!({"trtype":"VFIOUSER","max_io_size":5000}))).is_err());
+    }
+
+    #[test]
+    fn transport_dma_safety_options() {
+        let t = decode_transport(Some(&json!({"trtype":"VFIOUSER"}))).unwrap();
+        assert!(!t.require_sealed_dma);
+        assert_eq!(t.dma_timeout_ms, DEFAULT_DMA_TIMEOUT_MS);
+        let t = decode_transport(Some(
+            &json!({"trtype":"VFIOUSER","require_sealed_dma":true,"dma_timeout_ms":0}),
+        ))
+        .unwrap();
+        assert!(t.require_sealed_dma);
+        assert_eq!(t.dma_timeout_ms, 0);
+        let j = t.to_json();
+        assert_eq!(j["require_sealed_dma"], true);
+        assert_eq!(j["dma_timeout_ms"], 0);
+        let max = decode_transport(Some(
+            &json!({"trtype":"VFIOUSER","dma_timeout_ms":MAX_DMA_TIMEOUT_MS}),
+        ))
+        .unwrap();
+        assert_eq!(max.dma_timeout_ms, MAX_DMA_TIMEOUT_MS);
+        for (bad, key) in [
+            (
+                json!({"dma_timeout_ms": MAX_DMA_TIMEOUT_MS + 1}),
+                "dma_timeout_ms",
+            ),
+            (json!({"dma_timeout_ms": -1}), "dma_timeout_ms"),
+            (json!({"dma_timeout_ms": 1.5}), "dma_timeout_ms"),
+            (json!({"dma_timeout_ms": "100"}), "dma_timeout_ms"),
+            (json!({"dma_timeout_ms": 1u64 << 32}), "dma_timeout_ms"),
+            (json!({"require_sealed_dma": 1}), "require_sealed_dma"),
+            (json!({"require_sealed_dma": "true"}), "require_sealed_dma"),
+        ] {
+            let mut p = bad.clone();
+            p["trtype"] = json!("VFIOUSER");
+            let e = decode_transport(Some(&p)).unwrap_err();
+            assert_eq!(e.code, -32602, "{bad}");
+            assert!(e.message.contains(key), "{bad}: {}", e.message);
+        }
     }
 
     #[test]

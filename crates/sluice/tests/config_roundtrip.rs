@@ -19,6 +19,9 @@ fn configure(d: &Daemon) -> std::path::PathBuf {
         "128",
         "-m",
         "8",
+        "--require-sealed-dma",
+        "--dma-timeout-ms",
+        "750",
     ]);
     d.rpc_ok(&["bdev_null_create", "Null0", "32", "4096"]);
     d.rpc_ok(&["bdev_malloc_create", "8", "512", "-b", "Malloc0"]);
@@ -69,6 +72,11 @@ fn save_restart_with_c_save_is_identical() {
         "vfio-user options survive (lossless)"
     );
     assert_eq!(t[0]["max_queue_depth"], 128);
+    assert_eq!(
+        t[0]["require_sealed_dma"], true,
+        "Sluice DMA options survive"
+    );
+    assert_eq!(t[0]["dma_timeout_ms"], 750);
 }
 
 #[test]
@@ -112,6 +120,9 @@ fn load_config_over_rpc_after_wait_for_rpc() {
     );
     let again = d2.rpc_ok(&["save_config"]);
     assert_eq!(again, text);
+    let t = d2.rpc_json(&["nvmf_get_transports"]);
+    assert_eq!(t[0]["require_sealed_dma"], true, "load_config applies them");
+    assert_eq!(t[0]["dma_timeout_ms"], 750);
     assert!(d2.path("vfu0").join("cntrl").exists());
 }
 

@@ -132,6 +132,18 @@ fn cases(dir: &str, long_dir: &str) -> Vec<(&'static str, Value, i64, String)> {
             "trtype".into(),
         ),
         (
+            "nvmf_create_transport",
+            json!({"trtype":"VFIOUSER","dma_timeout_ms":60_001}),
+            -32602,
+            "dma_timeout_ms".into(),
+        ),
+        (
+            "nvmf_create_transport",
+            json!({"trtype":"VFIOUSER","require_sealed_dma":"yes"}),
+            -32602,
+            "require_sealed_dma".into(),
+        ),
+        (
             "nvmf_subsystem_add_ns",
             json!({"nqn":NQN,"namespace":{"bdev_name":"Missing"}}),
             -32602,
