@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::{
-    Bdev, BdevError, BdevInfo, IoChannel, IoCompletion, IoError, IoOp, IoRequest, RejectReason,
-    Rejected,
+    Bdev, BdevError, BdevInfo, Checked, IoChannel, IoCompletion, IoError, IoOp, IoRequest,
+    RejectReason, Rejected,
 };
 
 /// Which requests an injection applies to (SPDK `io_type`).
@@ -185,6 +185,14 @@ impl IoChannel for ErrorChannel {
             return Ok(());
         }
         self.inner.submit(io)
+    }
+
+    fn submit_checked(&mut self, io: Checked) -> Result<(), Rejected> {
+        // Same limits as the inner bdev (only the names differ): forward as checked.
+        if self.in_flight() >= self.max_qd || self.inj.pending.load(Ordering::Relaxed) != 0 {
+            return self.submit(io.into_request());
+        }
+        self.inner.submit_checked(io)
     }
 
     fn poll(&mut self, done: &mut dyn FnMut(IoCompletion)) -> usize {

@@ -8,7 +8,8 @@ use std::time::Instant;
 use crate::qos::QosLimits;
 use crate::stats::{BdevStats, LocalStats};
 use crate::{
-    Bdev, BdevError, BdevInfo, IoChannel, IoCompletion, IoOp, IoRequest, RejectReason, Rejected,
+    Bdev, BdevError, BdevInfo, Checked, IoChannel, IoCompletion, IoOp, IoRequest, RejectReason,
+    Rejected,
 };
 
 /// A bdev with stats and QoS in front of an inner backend.
@@ -107,14 +108,55 @@ struct LayeredChannel {
     in_inner: usize,
 }
 
+/// A request the layered channel can pass on: plain (validated by the inner backend) or
+/// [`Checked`] (forwarded as such: a `Layered` has its inner bdev's limits).
+trait Pass: Sized {
+    fn req(&self) -> &IoRequest;
+    fn set_tag(&mut self, tag: u64);
+    fn into_req(self) -> IoRequest;
+    #[allow(clippy::result_large_err)]
+    fn pass(self, inner: &mut dyn IoChannel) -> Result<(), Rejected>;
+}
+
+impl Pass for IoRequest {
+    fn req(&self) -> &IoRequest {
+        self
+    }
+    fn set_tag(&mut self, tag: u64) {
+        self.tag = tag;
+    }
+    fn into_req(self) -> IoRequest {
+        self
+    }
+    fn pass(self, inner: &mut dyn IoChannel) -> Result<(), Rejected> {
+        inner.submit(self)
+    }
+}
+
+impl Pass for Checked {
+    fn req(&self) -> &IoRequest {
+        self.request()
+    }
+    fn set_tag(&mut self, tag: u64) {
+        Checked::set_tag(self, tag);
+    }
+    fn into_req(self) -> IoRequest {
+        self.into_request()
+    }
+    fn pass(self, inner: &mut dyn IoChannel) -> Result<(), Rejected> {
+        inner.submit_checked(self)
+    }
+}
+
 impl LayeredChannel {
     /// Send to the inner channel with the tag replaced by a slot index.
     #[allow(clippy::result_large_err)] // by value: no allocation on the queue-full path
-    fn dispatch(&mut self, mut io: IoRequest) -> Result<(), Rejected> {
+    fn dispatch<P: Pass>(&mut self, mut io: P) -> Result<(), Rejected> {
+        let r = io.req();
         let slot = Slot {
-            tag: io.tag,
-            op: io.op,
-            len: io.len,
+            tag: r.tag,
+            op: r.op,
+            len: r.len,
             start: self.clock,
         };
         let idx = match self.free.pop() {
@@ -129,8 +171,8 @@ impl LayeredChannel {
                 self.slots.len() - 1
             }
         };
-        io.tag = idx as u64;
-        match self.inner.submit(io) {
+        io.set_tag(idx as u64);
+        match io.pass(self.inner.as_mut()) {
             Ok(()) => {
                 self.in_inner += 1;
                 Ok(())
@@ -143,6 +185,25 @@ impl LayeredChannel {
                 Err(r)
             }
         }
+    }
+
+    /// Queue depth and QoS admission, then dispatch. A request QoS holds back loses its
+    /// [`Checked`] mark and is validated by the inner backend when released.
+    #[allow(clippy::result_large_err)] // by value: no allocation on the queue-full path
+    fn submit_any<P: Pass>(&mut self, io: P) -> Result<(), Rejected> {
+        if self.in_flight() >= self.max_qd {
+            return Err(Rejected {
+                io: io.into_req(),
+                reason: RejectReason::QueueFull,
+            });
+        }
+        if self.shared.qos.enabled()
+            && (!self.held.is_empty() || !self.shared.qos.try_admit(io.req().op, io.req().len))
+        {
+            self.held.push_back(io.into_req());
+            return Ok(());
+        }
+        self.dispatch(io)
     }
 
     fn release_held(&mut self) {
@@ -164,19 +225,11 @@ impl LayeredChannel {
 
 impl IoChannel for LayeredChannel {
     fn submit(&mut self, io: IoRequest) -> Result<(), Rejected> {
-        if self.in_flight() >= self.max_qd {
-            return Err(Rejected {
-                io,
-                reason: RejectReason::QueueFull,
-            });
-        }
-        if self.shared.qos.enabled()
-            && (!self.held.is_empty() || !self.shared.qos.try_admit(io.op, io.len))
-        {
-            self.held.push_back(io);
-            return Ok(());
-        }
-        self.dispatch(io)
+        self.submit_any(io)
+    }
+
+    fn submit_checked(&mut self, io: Checked) -> Result<(), Rejected> {
+        self.submit_any(io)
     }
 
     fn poll(&mut self, done: &mut dyn FnMut(IoCompletion)) -> usize {

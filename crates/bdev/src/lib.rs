@@ -33,6 +33,7 @@ use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
+pub mod checked;
 pub mod error_inject;
 pub mod file;
 pub mod layered;
@@ -46,6 +47,7 @@ pub mod stats;
 pub mod sys;
 mod validate;
 
+pub use checked::{BlockChannel, BlockRange, Checked};
 pub use error_inject::{ErrorInjectBdev, InjectOpType};
 pub use file::{FileBdev, FileEngine, FileOptions};
 pub use layered::Layered;
@@ -597,6 +599,15 @@ pub trait IoChannel: Send {
     // The request comes back by value so the queue-full path never allocates.
     #[allow(clippy::result_large_err)]
     fn submit(&mut self, io: IoRequest) -> Result<(), Rejected>;
+    /// Queue a request already checked against this channel's bdev by a
+    /// [`BlockChannel`]: a backend may execute it without re-validating. The default
+    /// validates anyway ([`IoChannel::submit`]). A wrapper may forward it to its inner
+    /// channel's `submit_checked` only when the inner bdev has the same size, block size,
+    /// capabilities and read-only flag as the wrapper (otherwise: its inner `submit`).
+    #[allow(clippy::result_large_err)]
+    fn submit_checked(&mut self, io: Checked) -> Result<(), Rejected> {
+        self.submit(io.into_request())
+    }
     /// Reap completions, calling `done` for each; returns how many.
     fn poll(&mut self, done: &mut dyn FnMut(IoCompletion)) -> usize;
     /// Requests submitted and not yet completed through `poll`.

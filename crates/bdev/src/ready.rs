@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use crate::{IoChannel, IoCompletion, IoError, IoRequest, RejectReason, Rejected};
+use crate::{Checked, IoChannel, IoCompletion, IoError, IoRequest, RejectReason, Rejected};
 
 /// Hands every queued completion to `done`, oldest first; returns how many.
 pub(crate) fn drain(
@@ -68,8 +68,9 @@ impl ReadyQueue {
     }
 }
 
-/// A channel that runs `exec` on each request inside `submit` (validation included) and
-/// reports the result on the next `poll`: the null and malloc bdevs.
+/// A channel that runs `exec` on each request inside `submit` and reports the result on the
+/// next `poll`: the null and malloc bdevs. `exec`'s flag says whether the request is
+/// [`Checked`] (`exec` may skip validation) or must be validated.
 pub(crate) struct ImmediateChannel<F> {
     exec: F,
     ready: ReadyQueue,
@@ -77,7 +78,7 @@ pub(crate) struct ImmediateChannel<F> {
 
 impl<F> ImmediateChannel<F>
 where
-    F: Fn(&IoRequest) -> Result<(), IoError> + Send,
+    F: Fn(&IoRequest, bool) -> Result<(), IoError> + Send,
 {
     /// A channel of queue depth `depth`.
     pub(crate) fn new(depth: u32, exec: F) -> Self {
@@ -90,10 +91,15 @@ where
 
 impl<F> IoChannel for ImmediateChannel<F>
 where
-    F: Fn(&IoRequest) -> Result<(), IoError> + Send,
+    F: Fn(&IoRequest, bool) -> Result<(), IoError> + Send,
 {
     fn submit(&mut self, io: IoRequest) -> Result<(), Rejected> {
-        self.ready.submit(io, &self.exec)
+        self.ready.submit(io, |io| (self.exec)(io, false))
+    }
+
+    fn submit_checked(&mut self, io: Checked) -> Result<(), Rejected> {
+        self.ready
+            .submit(io.into_request(), |io| (self.exec)(io, true))
     }
 
     fn poll(&mut self, done: &mut dyn FnMut(IoCompletion)) -> usize {

@@ -16,7 +16,9 @@ use crate::prp::{walk_prp, walk_sgl, IovSink, Seg, SegSink, PAGE_SIZE};
 use crate::spec::{aen, io, reg, Cqe, Sqe, Status};
 use crate::sys::{DoorbellPage, Ring, DOORBELL_COUNT};
 use crate::GuestMem;
-use sluice_bdev::{Bdev, BdevInfo, IoChannel, IoCompletion, IoError, IoOp, IoRequest, IoVecs};
+use sluice_bdev::{
+    Bdev, BdevInfo, BlockChannel, BlockRange, IoCompletion, IoError, IoOp, IoRequest, IoVecs,
+};
 
 /// Largest number of I/O queue pairs a controller can offer.
 pub const MAX_IO_QUEUES: u16 = 511;
@@ -291,7 +293,8 @@ pub fn check_bar0_access(off: u64, len: usize) -> Result<(), BarError> {
 pub(crate) struct Namespace {
     pub(crate) info: BdevInfo,
     pub(crate) backend: Arc<dyn Bdev>,
-    chan: Box<dyn IoChannel>,
+    /// Channel with the bdev's limits: I/O commands are checked once, through it.
+    chan: BlockChannel,
     pub(crate) lba_shift: u32,
     inflight: u32,
     retry: VecDeque<IoRequest>,
@@ -670,9 +673,8 @@ impl Controller {
                 .position(Option::is_none)
                 .ok_or(NsError::Full)?,
         };
-        let chan = backend
-            .open_channel()
-            .map_err(|e| NsError::Backend(e.to_string()))?;
+        let chan =
+            BlockChannel::open(backend.as_ref()).map_err(|e| NsError::Backend(e.to_string()))?;
         let id = idx as u32 + 1;
         if let Some(slot) = self.ns.get_mut(idx) {
             *slot = Some(Namespace {
@@ -1514,8 +1516,6 @@ impl Controller {
             .get(nsidx)
             .and_then(Option::as_ref)
             .ok_or(Status::INVALID_NAMESPACE)?;
-        let shift = ns.lba_shift;
-        let nlbas = ns.info.num_blocks;
         let (op, slba, nlb) = match opc {
             io::READ | io::WRITE | io::COMPARE | io::WRITE_ZEROES => {
                 let slba = u64::from(sqe.dw[10]) | u64::from(sqe.dw[11]) << 32;
@@ -1535,18 +1535,18 @@ impl Controller {
             io::DSM => return self.dsm(sqid, sqe, nsidx),
             _ => return Err(Status::INVALID_OPCODE),
         };
-        if slba.checked_add(nlb).is_none_or(|end| end > nlbas) {
-            return Err(Status::LBA_OUT_OF_RANGE);
-        }
-        let len = nlb << shift;
-        let mdts = self.cfg.mdts_bytes();
-        let needs_data = matches!(op, IoOp::Read | IoOp::Write { .. } | IoOp::Compare);
-        if needs_data && len > mdts {
-            return Err(Status::INVALID_FIELD);
-        }
         if op == IoOp::Flush && !ns_flushes(ns) {
             self.complete(sqid, sqe.cid(), Status::SUCCESS, 0);
             return Ok(());
+        }
+        // The one range check of this command (the backend trusts it): op allowed, LBA
+        // range inside the bdev, within its maximum transfer.
+        let range = ns.chan.check(op, slba, nlb).map_err(io_error_status)?;
+        let len = range.len();
+        let mdts = self.cfg.mdts_bytes();
+        let needs_data = op.has_data();
+        if needs_data && len > mdts {
+            return Err(Status::INVALID_FIELD);
         }
         let slot = self.alloc_slot();
         let mut iov = IoVecs::new();
@@ -1571,7 +1571,7 @@ impl Controller {
                     cid: sqe.cid(),
                     nsidx,
                     op,
-                    offset: slba << shift,
+                    offset: range.offset(),
                     len,
                 };
                 return self.walk_failed(st, sqe, io);
@@ -1588,20 +1588,14 @@ impl Controller {
             cid: sqe.cid(),
             nsidx,
             op,
-            offset: slba << shift,
+            offset: range.offset(),
             len,
         };
         self.fill_slot(&io, false);
-        // Built in place from the local iovecs (no extra move of `IoVecs` on this path).
-        let req = IoRequest {
-            op,
-            offset: io.offset,
-            len,
-            iov,
-            tag: u64::from(slot),
-            keepalive: keep,
-        };
-        self.launch(nsidx, sqid, req);
+        self.submit_range(nsidx, &range, iov, u64::from(slot), keep);
+        if let Some(sq) = self.sqs.get_mut(usize::from(sqid)).and_then(Option::as_mut) {
+            sq.inflight += 1;
+        }
         Ok(())
     }
 
@@ -1682,6 +1676,30 @@ impl Controller {
         match b.finish(mem, self.msg_dma.as_deref()) {
             Ok(()) => Status::SUCCESS,
             Err(st) => st,
+        }
+    }
+
+    /// Hands a checked range and its iovecs to its namespace: the backend request is built
+    /// in place and not re-validated (behind earlier retries it waits as a plain request).
+    #[inline(always)]
+    fn submit_range(
+        &mut self,
+        nsidx: usize,
+        range: &BlockRange,
+        iov: IoVecs,
+        tag: u64,
+        keep: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    ) {
+        if let Some(ns) = self.ns.get_mut(nsidx).and_then(Option::as_mut) {
+            ns.inflight += 1;
+            if !ns.retry.is_empty() {
+                ns.retry.push_back(range.into_request(iov, tag, keep));
+                return;
+            }
+            if let Err(rej) = ns.chan.submit_range(range, iov, tag, keep) {
+                self.stats.backend_busy += 1;
+                ns.retry.push_back(rej.io);
+            }
         }
     }
 
