@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_bdev::{
-    Bdev, BdevError, BdevInfo, IoChannel, IoCompletion, IoRequest, MallocBdev, NullBdev, Rejected,
+    Bdev, BdevCaps, BdevError, BdevInfo, Checked, IoChannel, IoCompletion, IoOp, IoRequest,
+    MallocBdev, NullBdev, Rejected,
 };
 use sluice_nvme::spec::{admin, feat, io, log, reg, Status};
 use sluice_nvme::testkit::{rw, sqe, with_prps, FakeHost};
@@ -1366,4 +1367,127 @@ fn io_queue_count_follows_create_delete_and_reset() {
     assert_eq!(c.shared().io_queues(), 0);
     assert_eq!(c.stats().io_queues, 0);
     assert_eq!(c.stats().io_queues_created, 2);
+}
+
+/// Backend recording how each request arrived: `submit` (validating) or `submit_checked`.
+struct Spy(BdevInfo, Arc<Mutex<Vec<(bool, IoOp, u64, u64)>>>);
+struct SpyChan(Arc<Mutex<Vec<(bool, IoOp, u64, u64)>>>, Vec<u64>);
+impl Bdev for Spy {
+    fn info(&self) -> &BdevInfo {
+        &self.0
+    }
+    fn open_channel(&self) -> Result<Box<dyn IoChannel>, BdevError> {
+        Ok(Box::new(SpyChan(self.1.clone(), Vec::new())))
+    }
+}
+impl SpyChan {
+    fn record(&mut self, checked: bool, io: &IoRequest) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((checked, io.op, io.offset, io.len));
+        self.1.push(io.tag);
+    }
+}
+impl IoChannel for SpyChan {
+    fn submit(&mut self, io: IoRequest) -> Result<(), Rejected> {
+        self.record(false, &io);
+        Ok(())
+    }
+    fn submit_checked(&mut self, io: Checked) -> Result<(), Rejected> {
+        self.record(true, io.request());
+        Ok(())
+    }
+    fn poll(&mut self, done: &mut dyn FnMut(IoCompletion)) -> usize {
+        let n = self.1.len();
+        for tag in self.1.drain(..) {
+            done(IoCompletion {
+                tag,
+                result: Ok(()),
+            });
+        }
+        n
+    }
+    fn in_flight(&self) -> usize {
+        self.1.len()
+    }
+}
+
+#[test]
+fn controller_checks_once_and_refuses_what_the_backend_must_not_see() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let info = |read_only: bool| BdevInfo {
+        name: "spy".into(),
+        product_name: "spy".into(),
+        block_size: 512,
+        num_blocks: 64,
+        uuid: uuid::Uuid::nil(),
+        caps: BdevCaps {
+            fua: false,
+            flush: true,
+            ..BdevCaps::ALL
+        },
+        volatile_write_cache: true,
+        max_queue_depth: 64,
+        required_alignment: 1,
+        max_io_bytes: 8 * 512,
+        read_only,
+    };
+    let mut c = Controller::new(ControllerConfig::default(), Arc::new(NoInterrupts)).unwrap();
+    c.add_namespace(Some(1), Arc::new(Spy(info(false), log.clone())))
+        .unwrap();
+    c.add_namespace(Some(2), Arc::new(Spy(info(true), log.clone())))
+        .unwrap();
+    let mut h = FakeHost::new(16 << 20);
+    assert_eq!(h.enable(&mut c, 32) & 3, 1);
+    assert!(h.create_pair(&mut c, 1, 64));
+    let buf = h.alloc(64 * 1024);
+    let take = || std::mem::take(&mut *log.lock().unwrap());
+
+    // Accepted commands reach the backend once, on the checked path, as built.
+    ok(h.io(&mut c, 1, rw(io::READ, 1, 63, 1, buf, 0)));
+    ok(h.io(&mut c, 1, rw(io::WRITE, 1, 56, 8, buf, buf + 4096)));
+    ok(h.io(&mut c, 1, rw(io::WRITE_ZEROES, 1, 0, 64, 0, 0)));
+    ok(h.io(&mut c, 1, sqe(io::FLUSH, 1)));
+    ok(h.io(&mut c, 1, rw(io::READ, 2, 0, 1, buf, 0)));
+    assert_eq!(
+        take(),
+        [
+            (true, IoOp::Read, 63 * 512, 512),
+            (true, IoOp::Write { fua: false }, 56 * 512, 4096),
+            (true, IoOp::WriteZeroes, 0, 64 * 512),
+            (true, IoOp::Flush, 0, 0),
+            (true, IoOp::Read, 0, 512),
+        ]
+    );
+
+    // Refused before the backend: one block past the end, overflow, past the bdev's
+    // max transfer...
+    let mut fua = rw(io::WRITE, 1, 0, 1, buf, 0);
+    fua.dw[12] |= 1 << 30;
+    let cases = [
+        (rw(io::READ, 1, 64, 1, buf, 0), Status::LBA_OUT_OF_RANGE),
+        (rw(io::READ, 1, 63, 2, buf, 0), Status::LBA_OUT_OF_RANGE),
+        (
+            rw(io::WRITE_ZEROES, 1, u64::MAX, 1, 0, 0),
+            Status::LBA_OUT_OF_RANGE,
+        ),
+        (
+            rw(io::READ, 1, 0, 9, buf, buf + 4096),
+            Status::INVALID_FIELD,
+        ),
+        // ... and every write-like command on the read-only namespace.
+        (rw(io::WRITE, 2, 0, 1, buf, 0), Status::WRITE_TO_READ_ONLY),
+        (
+            rw(io::WRITE_ZEROES, 2, 0, 1, 0, 0),
+            Status::WRITE_TO_READ_ONLY,
+        ),
+    ];
+    for (bad, want) in cases {
+        assert_eq!(st(h.io(&mut c, 1, bad)), want, "{:?}", bad.dw);
+    }
+    assert_eq!(take(), []);
+    // FUA is emulated with flush on this bdev: accepted, on the checked path.
+    ok(h.io(&mut c, 1, fua));
+    assert_eq!(take(), [(true, IoOp::Write { fua: true }, 0, 512)]);
 }
