@@ -1370,8 +1370,10 @@ fn io_queue_count_follows_create_delete_and_reset() {
 }
 
 /// Backend recording how each request arrived: `submit` (validating) or `submit_checked`.
-struct Spy(BdevInfo, Arc<Mutex<Vec<(bool, IoOp, u64, u64)>>>);
-struct SpyChan(Arc<Mutex<Vec<(bool, IoOp, u64, u64)>>>, Vec<u64>);
+/// `(arrived checked, op, offset, len)` per request.
+type SpyLog = Arc<Mutex<Vec<(bool, IoOp, u64, u64)>>>;
+struct Spy(BdevInfo, SpyLog);
+struct SpyChan(SpyLog, Vec<u64>);
 impl Bdev for Spy {
     fn info(&self) -> &BdevInfo {
         &self.0
