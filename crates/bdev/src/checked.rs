@@ -618,4 +618,74 @@ mod tests {
             [Err(IoError::MediaRead), Ok(())]
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(2048))]
+        /// The trusted path accepts exactly what the backend's own validation accepts,
+        /// with the same error otherwise (so skipping the latter changes nothing).
+        #[test]
+        fn check_agrees_with_the_backend_validation(
+            shift in 9u32..=16,
+            num_blocks in 1u64..=64,
+            read_only: bool,
+            caps in proptest::array::uniform7(proptest::bool::ANY),
+            max_io in proptest::option::of(0u64..=70_000),
+            op_i in 0usize..7,
+            lba in proptest::prop_oneof![0u64..=80, proptest::num::u64::ANY],
+            blocks in proptest::prop_oneof![0u64..=80, proptest::num::u64::ANY],
+            near_end in 0u64..4,
+        ) {
+            // Half the cases end one block before, at, or one block past the end.
+            let lba = match near_end {
+                0 => lba,
+                d => num_blocks.saturating_sub(blocks) + d - 1,
+            };
+            let bs = 1u32 << shift;
+            let info = BdevInfo {
+                name: "p".into(),
+                product_name: "p".into(),
+                block_size: bs,
+                num_blocks,
+                uuid: uuid::Uuid::nil(),
+                caps: BdevCaps {
+                    read: caps[0],
+                    write: caps[1],
+                    flush: caps[2],
+                    unmap: caps[3],
+                    write_zeroes: caps[4],
+                    compare: caps[5],
+                    fua: caps[6],
+                },
+                volatile_write_cache: false,
+                max_queue_depth: 4,
+                required_alignment: 1,
+                max_io_bytes: max_io.unwrap_or(0),
+                read_only,
+            };
+            let (b, _) = spy(info.clone());
+            let ch = BlockChannel::open(&b).unwrap();
+            let op = ALL_OPS[op_i];
+            let got = ch.check(op, lba, blocks);
+            if let Ok(r) = got {
+                // Never outside the bdev.
+                proptest::prop_assert!(r.offset() + r.len() <= info.size_bytes());
+            }
+            let (Some(offset), Some(len)) =
+                (lba.checked_mul(u64::from(bs)), blocks.checked_mul(u64::from(bs)))
+            else {
+                proptest::prop_assert!(got.is_err() || op == IoOp::Flush);
+                return Ok(());
+            };
+            let (offset, len) = if op == IoOp::Flush { (0, 0) } else { (offset, len) };
+            let mut io = IoRequest::new(op, offset, len, 0);
+            if op.has_data() {
+                // Never dereferenced: validation only reads lengths.
+                // SAFETY: the iovec is only inspected, never accessed.
+                let v = unsafe { crate::IoVec::from_raw(std::ptr::null_mut(), len as usize) };
+                io.iov = IoVecs::one(v);
+            }
+            let want = crate::validate::check(&info, &io);
+            proptest::prop_assert_eq!(got.map(|r| (r.offset(), r.len())), want.map(|()| (offset, len)));
+        }
+    }
 }
