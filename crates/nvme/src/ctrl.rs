@@ -1549,6 +1549,15 @@ impl Controller {
             return Err(Status::INVALID_FIELD);
         }
         let slot = self.alloc_slot();
+        let io = StartIo {
+            slot,
+            sqid,
+            cid: sqe.cid(),
+            nsidx,
+            op,
+            offset: range.offset(),
+            len,
+        };
         let mut iov = IoVecs::new();
         if needs_data {
             let Some(mem) = self.mem.as_ref() else {
@@ -1565,15 +1574,6 @@ impl Controller {
                 _ => Err(Status::INVALID_FIELD),
             };
             if let Err(st) = r {
-                let io = StartIo {
-                    slot,
-                    sqid,
-                    cid: sqe.cid(),
-                    nsidx,
-                    op,
-                    offset: range.offset(),
-                    len,
-                };
                 return self.walk_failed(st, sqe, io);
             }
             sink.finish();
@@ -1582,15 +1582,6 @@ impl Controller {
             .mem
             .as_ref()
             .map(|m| Arc::clone(m) as Arc<dyn std::any::Any + Send + Sync>);
-        let io = StartIo {
-            slot,
-            sqid,
-            cid: sqe.cid(),
-            nsidx,
-            op,
-            offset: range.offset(),
-            len,
-        };
         self.fill_slot(&io, false);
         self.submit_range(nsidx, &range, iov, u64::from(slot), keep);
         if let Some(sq) = self.sqs.get_mut(usize::from(sqid)).and_then(Option::as_mut) {
