@@ -18,7 +18,10 @@ use sluice_bdev::{
 };
 use sluice_nvme::spec::{admin, feat, io, log, reg, Status};
 use sluice_nvme::testkit::{rw, sqe, with_prps, FakeHost};
-use sluice_nvme::{Controller, ControllerConfig, InterruptSink, NoInterrupts, PollMode, Poller};
+use sluice_nvme::{
+    Controller, ControllerConfig, ControllerHandle, InterruptSink, NoInterrupts, PollMode, Poller,
+    PollerHandle,
+};
 
 fn malloc(bs: u32, blocks: u64, uuid: u8) -> Arc<dyn Bdev> {
     Arc::new(MallocBdev::new("m", bs, blocks, Some(uuid::Uuid::from_bytes([uuid; 16]))).unwrap())
@@ -65,6 +68,44 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect()
+}
+
+/// An adaptive poll thread with one trapped-doorbell controller attached, a 512-byte
+/// malloc namespace 1, and a fake host with one I/O queue pair (depth 32) ready.
+fn adaptive_poller_with_pair(
+    spin_polls: u32,
+    max_sleep: Duration,
+    host_timeout: Option<Duration>,
+) -> (
+    std::thread::JoinHandle<()>,
+    PollerHandle,
+    ControllerHandle,
+    FakeHost,
+) {
+    let (mut poller, handle) = Poller::new();
+    let t = std::thread::spawn(move || {
+        poller.run(PollMode::Adaptive {
+            spin_polls,
+            max_sleep,
+        })
+    });
+    let c = Controller::new(
+        ControllerConfig {
+            mappable_bar0: false,
+            ..Default::default()
+        },
+        Arc::new(NoInterrupts),
+    )
+    .unwrap();
+    let mut ch = handle.attach(c).unwrap();
+    ch.add_namespace(Some(1), malloc(512, 1024, 7)).unwrap();
+    let mut h = FakeHost::new(4 << 20);
+    if let Some(timeout) = host_timeout {
+        h.timeout = timeout;
+    }
+    assert_eq!(h.enable(&mut ch, 16) & 1, 1);
+    assert!(h.create_pair(&mut ch, 1, 32));
+    (t, handle, ch, h)
 }
 
 #[test]
@@ -936,27 +977,7 @@ fn adaptive_irq_coalesces_per_batch() {
 
 #[test]
 fn poller_thread_quiesces_memory_updates() {
-    let (poller, handle) = Poller::new();
-    let mut poller = poller;
-    let t = std::thread::spawn(move || {
-        poller.run(PollMode::Adaptive {
-            spin_polls: 100,
-            max_sleep: Duration::from_millis(1),
-        })
-    });
-    let c = Controller::new(
-        ControllerConfig {
-            mappable_bar0: false,
-            ..Default::default()
-        },
-        Arc::new(NoInterrupts),
-    )
-    .unwrap();
-    let mut ch = handle.attach(c).unwrap();
-    ch.add_namespace(Some(1), malloc(512, 1024, 7)).unwrap();
-    let mut h = FakeHost::new(4 << 20);
-    assert_eq!(h.enable(&mut ch, 16) & 1, 1);
-    assert!(h.create_pair(&mut ch, 1, 32));
+    let (t, handle, mut ch, mut h) = adaptive_poller_with_pair(100, Duration::from_millis(1), None);
     let buf = h.alloc(4096);
     h.write(buf, &pattern(512, 4));
     ok(h.io(&mut ch, 1, rw(io::WRITE, 1, 1, 1, buf, 0)));
@@ -1301,27 +1322,8 @@ fn sq_tail_overflow_is_refused_not_replayed() {
 /// is picked up by the next timed wake-up.
 #[test]
 fn parked_poller_wakes_on_messages_and_trapped_doorbells() {
-    let (mut poller, handle) = Poller::new();
-    let t = std::thread::spawn(move || {
-        poller.run(PollMode::Adaptive {
-            spin_polls: 10,
-            max_sleep: Duration::from_secs(30),
-        })
-    });
-    let c = Controller::new(
-        ControllerConfig {
-            mappable_bar0: false,
-            ..Default::default()
-        },
-        Arc::new(NoInterrupts),
-    )
-    .unwrap();
-    let mut ch = handle.attach(c).unwrap();
-    ch.add_namespace(Some(1), malloc(512, 1024, 7)).unwrap();
-    let mut h = FakeHost::new(4 << 20);
-    h.timeout = Duration::from_secs(10);
-    assert_eq!(h.enable(&mut ch, 16) & 1, 1);
-    assert!(h.create_pair(&mut ch, 1, 32));
+    let (t, handle, mut ch, mut h) =
+        adaptive_poller_with_pair(10, Duration::from_secs(30), Some(Duration::from_secs(10)));
     let buf = h.alloc(4096);
     // Parks last 1, 2, 4 ... us: after 1.2 s idle the thread is in a park that started
     // at ~1.05 s and would last until ~2.1 s.
